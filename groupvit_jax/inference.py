@@ -1,0 +1,82 @@
+"""The inference API: `groupvit_jax.load(path)` and the jitted encoders it returns."""
+
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from groupvit_jax import checkpoint
+from groupvit_jax import tokenizer
+from groupvit_jax.models.groupvit import GroupViT, ImageOutput
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(images: jax.Array) -> jax.Array:
+  """uint8 RGB [..., 3] -> float32 with ImageNet mean and std on [0, 1] pixels."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+def check_images(images: Any) -> np.ndarray:
+  """Validates a uint8 RGB batch [N, H, W, 3] (one image [H, W, 3] is promoted)."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[None]
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f'expected uint8 RGB images [N, H, W, 3], got shape {images.shape}')
+  if images.dtype != np.uint8:
+    raise TypeError(
+      f'expected uint8 RGB images (0..255), got dtype {images.dtype}; '
+      'convert with np.asarray(image, np.uint8)'
+    )
+  return images
+
+
+class GroupViTInference:
+  """A loaded GroupViT with jitted encoders. Each new input shape compiles once."""
+
+  def __init__(self, model_config: Mapping[str, Any], variables: Mapping[str, Any]):
+    self.config = dict(model_config)
+    self.model: GroupViT = checkpoint.build_model(model_config)
+    self.variables = jax.device_put(variables)
+    self.context_length = self.model.text.get('context_length', 77)
+    self._image_fn = jax.jit(self._image_forward)
+    self._text_fn = jax.jit(lambda v, t: self.model.apply(v, t, method=GroupViT.encode_text))
+
+  def _image_forward(self, variables, images_uint8) -> ImageOutput:
+    return self.model.apply(variables, normalize_images(images_uint8), method=GroupViT.encode_image)
+
+  def image_outputs(self, images: Any) -> ImageOutput:
+    """The full image-tower output (embeddings, group embeddings, assignment maps)."""
+    return self._image_fn(self.variables, check_images(images))
+
+  def encode_image(self, images: Any) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] (any H, W; not resized) -> L2-normalised float32 [N, E]."""
+    return np.asarray(self.image_outputs(images).embedding)
+
+  def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+    """A string or a list of strings -> L2-normalised float32 [N, E]."""
+    tokens = tokenizer.tokenize(texts, self.context_length)
+    return np.asarray(self._text_fn(self.variables, tokens))
+
+  def logit_scale(self) -> float:
+    """The image-text temperature the model was trained with (exp, clamped at 100)."""
+    scale, _ = self.model.apply(self.variables, method=GroupViT.temperatures)
+    return float(scale)
+
+
+def load(path: str) -> GroupViTInference:
+  """Loads a groupvit_jax checkpoint directory, an NVlabs `.pth`, or a Hugging Face directory."""
+  from groupvit_jax import convert  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist')
+  if checkpoint.is_checkpoint(path):
+    model_config, variables = checkpoint.load(path)
+  else:
+    model_config, variables, _ = convert.convert(path)
+  return GroupViTInference(model_config, variables)

@@ -1,0 +1,1 @@
+"""GroupViT modules: layers, the grouping block, the two towers and the full model."""

@@ -1,0 +1,114 @@
+"""GroupViT: the image and text towers, their projection heads and the temperatures."""
+
+import math
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from groupvit_jax.models import layers
+from groupvit_jax.models.text import TextTower
+from groupvit_jax.models.vision import VisionTower
+
+MAX_LOGIT_SCALE = 100.0
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class ProjectionHead(nn.Module):
+  """The "2-layer MLP": Linear -> BatchNorm -> ReLU -> Linear (the checkpoints' 1x1 convs).
+
+  In training the BatchNorm statistics are over all rows of `x`, i.e. the global batch when
+  `x` is a globally sharded array under jit.
+  """
+
+  hidden_dim: int = 4096
+  out_dim: int = 256
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = layers.dense(self.hidden_dim, self.dtype, 'linear_hidden')(x)
+    # PyTorch's momentum 0.1 is Flax's 0.9. (PyTorch keeps an unbiased running variance,
+    # Flax a biased one: a relative 1/batch difference, irrelevant at batch 4096.)
+    x = nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, name='bn'
+    )(x)
+    x = nn.relu(x)
+    return layers.dense(self.out_dim, self.dtype, 'linear_out')(x)
+
+
+class ImageOutput(NamedTuple):
+  """encode_image's result.
+
+  embedding: [B, E] L2-normalised image embedding.
+  group_embeddings: [B, S_final, E] L2-normalised embedding of each final segment token
+    (None in training, where projecting them would disturb the BatchNorm statistics).
+  assignments: per grouping stage, grouping.Assignment(hard, soft), each [B, S_out, N_in].
+  grid: (H/p, W/p), the patch grid of the first stage's N_in tokens.
+  """
+
+  embedding: jax.Array
+  group_embeddings: Any
+  assignments: tuple
+  grid: tuple
+
+
+class GroupViT(nn.Module):
+  """The two-tower GroupViT model.
+
+  `vision` and `text` are the keyword arguments of VisionTower and TextTower; `dtype` is the
+  compute dtype ('float32' or 'bfloat16'); parameters are always float32.
+  """
+
+  vision: Mapping[str, Any]
+  text: Mapping[str, Any]
+  embed_dim: int = 256
+  projection_hidden_dim: int = 4096
+  dtype: str = 'float32'
+
+  def setup(self):
+    dtype = jnp.dtype(self.dtype)
+    self.img_encoder = VisionTower(**_tuples(self.vision), dtype=dtype)
+    self.text_encoder = TextTower(**self.text, dtype=dtype)
+    self.img_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
+    self.text_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
+    init_scale = nn.initializers.constant(math.log(1 / 0.07))
+    self.logit_scale = self.param('logit_scale', init_scale, ())
+    self.multi_label_logit_scale = self.param('multi_label_logit_scale', init_scale, ())
+
+  def encode_image(self, images: jax.Array, train: bool = False) -> ImageOutput:
+    """Normalised images [B, H, W, 3] (float, ImageNet mean/std) -> ImageOutput."""
+    out = self.img_encoder(images, deterministic=not train)
+    embedding = l2_normalize(self.img_projector(out.pooled, train))
+    group_embeddings = None
+    if not train:
+      b, s, d = out.tokens.shape
+      groups = self.img_projector(out.tokens.reshape(b * s, d), False)  # [B * S, E]
+      group_embeddings = l2_normalize(groups).reshape(b, s, -1)
+    return ImageOutput(embedding, group_embeddings, out.assignments, out.grid)
+
+  def encode_text(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    """Token ids [B, L] -> L2-normalised text embeddings [B, E]."""
+    return l2_normalize(self.text_projector(self.text_encoder(tokens, not train), train))
+
+  def temperatures(self) -> tuple[jax.Array, jax.Array]:
+    """The image-text and multi-label logit scales, exp(learned) clamped at 100."""
+    clamp = lambda s: jnp.minimum(jnp.exp(s), MAX_LOGIT_SCALE)
+    return clamp(self.logit_scale), clamp(self.multi_label_logit_scale)
+
+  def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False):
+    """Both towers and the image-text logits: (ImageOutput, text embeddings, logits [Bi, Bt])."""
+    image = self.encode_image(images, train)
+    text = self.encode_text(tokens, train)
+    scale, _ = self.temperatures()
+    return image, text, scale * image.embedding @ text.T
+
+
+def _tuples(config: Mapping[str, Any]) -> dict:
+  """Lists (as JSON and ConfigDict give them) -> tuples, so module fields stay hashable."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
