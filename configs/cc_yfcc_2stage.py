@@ -1,0 +1,49 @@
+"""GroupViT-S, 2 stages, as released in group_vit_gcc_yfcc_30e (CC3M + CC12M + YFCC14M).
+
+The model section is the released architecture: converted official weights load into it and
+`python -m groupvit_jax.convert` infers exactly these values from them.
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The released 2-stage GroupViT-S (GROUPVIT_FACTS.md)."""
+  return ml_collections.ConfigDict(
+    dict(
+      vision=dict(
+        image_size=224,  # training resolution; any size works at inference
+        patch_size=16,
+        width=384,
+        depths=(6, 3, 3),
+        num_heads=6,
+        mlp_ratio=4.0,
+        num_group_tokens=(64, 8, 0),  # stage 3 has no group tokens
+        num_output_groups=(64, 8),  # the two grouping blocks: 196 patches -> 64 -> 8
+        hard_assignment=True,  # straight-through one-hot (Table 1: soft is >10 mIoU worse)
+        gumbel=True,  # Gumbel noise on the assignment logits in training only
+        gumbel_tau=1.0,
+        assign_eps=1.0,  # A / (sum_tokens A + 1): the released value, not a small epsilon
+        drop_path_rate=0.1,  # linear from 0 over the 12 blocks
+      ),
+      text=dict(
+        vocab_size=49408,
+        context_length=77,
+        width=256,
+        depth=12,
+        num_heads=4,
+        mlp_ratio=4.0,
+      ),
+      embed_dim=256,
+      projection_hidden_dim=4096,
+      # Compute dtype; parameters, normalisations and the assignment softmax stay float32.
+      dtype='bfloat16',
+    )
+  )
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = get_model_config()
+  return config
