@@ -18,19 +18,19 @@ Usage: python bench/bench_tokenizer.py [--n 20000] [--context-length 77]
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
 import random
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+
+import clip_reference  # noqa: E402
 
 from groupvit_jax.tokenizer import DEFAULT_BPE_PATH, ClipTokenizer  # noqa: E402
 
@@ -86,29 +86,6 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
   return captions
 
 
-def load_reference() -> ModuleType:
-  """Load OpenAI's simple_tokenizer.py from the installed clip-anytorch files."""
-  path = importlib.metadata.distribution('clip-anytorch').locate_file('clip/simple_tokenizer.py')
-  spec = importlib.util.spec_from_file_location('_reference_simple_tokenizer', path)
-  assert spec is not None and spec.loader is not None
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def reference_tokenize(ref, texts: list[str], context_length: int) -> np.ndarray:
-  """Reference ids in the same array layout as ``ClipTokenizer.tokenize``."""
-  sot, eot = ref.encoder['<|startoftext|>'], ref.encoder['<|endoftext|>']
-  out = np.zeros((len(texts), context_length), dtype=np.int32)
-  for row, text in enumerate(texts):
-    ids = [sot, *ref.encode(text), eot]
-    if len(ids) > context_length:
-      ids = ids[:context_length]
-      ids[-1] = eot
-    out[row, : len(ids)] = ids
-  return out
-
-
 T = TypeVar('T')
 
 
@@ -134,10 +111,10 @@ def main() -> None:
   ours_cold_s, ours_ids = timed(lambda: ours.tokenize(captions, ctx))
   ours_warm_s, _ = timed(lambda: ours.tokenize(captions, ctx))
 
-  module = load_reference()
+  module = clip_reference.load_module()
   ref_load_s, ref = timed(lambda: module.SimpleTokenizer(str(DEFAULT_BPE_PATH)))
-  ref_cold_s, ref_ids = timed(lambda: reference_tokenize(ref, captions, ctx))
-  ref_warm_s, _ = timed(lambda: reference_tokenize(ref, captions, ctx))
+  ref_cold_s, ref_ids = timed(lambda: clip_reference.reference_rows(ref, captions, ctx))
+  ref_warm_s, _ = timed(lambda: clip_reference.reference_rows(ref, captions, ctx))
 
   if not np.array_equal(ours_ids, ref_ids):
     raise SystemExit('ids differ from the reference')

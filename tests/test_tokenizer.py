@@ -1,9 +1,7 @@
 """Tests for groupvit_jax.tokenizer against independent CLIP tokenizers.
 
-Reference 1 is OpenAI CLIP's own ``simple_tokenizer.py`` as shipped in the
-``clip-anytorch`` package (``pip install --no-deps clip-anytorch==2.6.0``),
-with its own bundled copy of the BPE file. It is loaded straight from its file:
-importing the ``clip`` package would pull in torchvision.
+Reference 1 is OpenAI CLIP's own ``simple_tokenizer.py`` (tests/clip_reference.py), with
+its own bundled copy of the BPE file.
 
 Reference 2 is Hugging Face's ``CLIPTokenizer``, built from a vocab.json and
 merges.txt written from the gz file, used only as a cross-check on plain ASCII.
@@ -13,66 +11,30 @@ from __future__ import annotations
 
 import gzip
 import html
-import importlib.metadata
-import importlib.util
 import json
 import pickle
 import random
 import string
-from pathlib import Path
-from types import ModuleType
 
+import clip_reference
 import ftfy
 import numpy as np
 import pytest
+from clip_reference import EOT, SOT, reference_rows
 
 from groupvit_jax import tokenizer as tok_module
 from groupvit_jax.tokenizer import DEFAULT_BPE_PATH, ClipTokenizer, default_tokenizer, tokenize
-
-SOT, EOT = 49406, 49407
-_REFERENCE_PIP = 'pip install --no-deps clip-anytorch==2.6.0'
-
-
-def _reference_file(name: str) -> Path:
-  """Path of a file of the installed clip-anytorch package."""
-  try:
-    dist = importlib.metadata.distribution('clip-anytorch')
-  except importlib.metadata.PackageNotFoundError as err:
-    raise RuntimeError(f'the reference tokenizer is missing; run `{_REFERENCE_PIP}`') from err
-  return Path(str(dist.locate_file(f'clip/{name}')))
-
-
-def _load_reference_module() -> ModuleType:
-  path = _reference_file('simple_tokenizer.py')
-  spec = importlib.util.spec_from_file_location('_openai_clip_simple_tokenizer', path)
-  assert spec is not None and spec.loader is not None
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
 def reference():
   """OpenAI's SimpleTokenizer with the BPE file bundled in clip-anytorch."""
-  return _load_reference_module().SimpleTokenizer()
+  return clip_reference.load_module().SimpleTokenizer()
 
 
 @pytest.fixture(scope='module')
 def ours() -> ClipTokenizer:
   return default_tokenizer()
-
-
-def reference_rows(reference, texts: list[str], context_length: int = 77) -> np.ndarray:
-  """Reference ids laid out as GroupViT does: SOT + ids + EOT, truncated with
-  EOT in the last slot, zero padded."""
-  out = np.zeros((len(texts), context_length), dtype=np.int32)
-  for row, text in enumerate(texts):
-    ids = [SOT, *reference.encode(text), EOT]
-    if len(ids) > context_length:
-      ids = ids[:context_length]
-      ids[-1] = EOT
-    out[row, : len(ids)] = ids
-  return out
 
 
 LONG_CAPTION = ' '.join(['a large brown dog running through the tall green grass near a lake'] * 10)
@@ -243,7 +205,8 @@ def test_vocabulary_matches_reference(reference, ours):
 
 def test_bundled_bpe_file_is_openai_file():
   assert (
-    DEFAULT_BPE_PATH.read_bytes() == _reference_file('bpe_simple_vocab_16e6.txt.gz').read_bytes()
+    DEFAULT_BPE_PATH.read_bytes()
+    == clip_reference.package_file('bpe_simple_vocab_16e6.txt.gz').read_bytes()
   )
 
 
