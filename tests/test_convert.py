@@ -3,12 +3,11 @@
 import json
 import os
 
+import cli
+import hf_reference as ref
 import numpy as np
 import pytest
 import torch
-
-import cli
-import hf_reference as ref
 
 
 @pytest.fixture(scope='module')
@@ -23,8 +22,18 @@ def nvlabs_pth(tmp_path_factory):
 
 def convert(tmp_path, input_path, *extra):
   out = tmp_path / 'out'
-  result = cli.run('groupvit_jax.convert', '--input', input_path, '--output', out, '--num_heads',
-                   '2', '--text_num_heads', '2', *extra)
+  result = cli.run(
+    'groupvit_jax.convert',
+    '--input',
+    input_path,
+    '--output',
+    out,
+    '--num_heads',
+    '2',
+    '--text_num_heads',
+    '2',
+    *extra,
+  )
   return result, out
 
 
@@ -66,9 +75,12 @@ def test_unknown_missing_and_misshaped_keys_are_all_listed(tmp_path, nvlabs_pth)
   torch.save({'model': sd}, path)
   result, out = convert(tmp_path, path)
   assert_failed_cleanly(
-      result, out, '1 unknown key(s): img_encoder.extra_head.weight',
-      '1 missing parameter(s): params/text_encoder/ln_final/bias',
-      '1 mis-shaped key(s): img_encoder.norm.weight: (65,)')
+    result,
+    out,
+    '1 unknown key(s): img_encoder.extra_head.weight',
+    '1 missing parameter(s): params/text_encoder/ln_final/bias',
+    '1 mis-shaped key(s): img_encoder.norm.weight: (65,)',
+  )
 
 
 def test_not_groupvit_at_all(tmp_path):

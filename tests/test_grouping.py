@@ -25,9 +25,14 @@ def test_straight_through_gradient_is_the_soft_gradient():
     return jnp.sum(weights * grouping.gumbel_softmax(x, rng, axis=1, hard=hard) ** 2)
 
   grad_hard = jax.grad(loss)(logits, True)
-  grad_soft_path = jax.grad(lambda x: jnp.sum(
-      weights * 2 * jax.lax.stop_gradient(grouping.gumbel_softmax(x, rng, 1, hard=True))
-      * grouping.gumbel_softmax(x, rng, 1, hard=False)))(logits)
+  grad_soft_path = jax.grad(
+    lambda x: jnp.sum(
+      weights
+      * 2
+      * jax.lax.stop_gradient(grouping.gumbel_softmax(x, rng, 1, hard=True))
+      * grouping.gumbel_softmax(x, rng, 1, hard=False)
+    )
+  )(logits)
   # d/dx sum(w * h^2) with h = hard + (soft - sg(soft)) is sum(w * 2h * dsoft/dx).
   np.testing.assert_allclose(grad_hard, grad_soft_path, rtol=1e-6, atol=1e-7)
   assert np.abs(grad_hard).max() > 0
@@ -38,8 +43,8 @@ def test_straight_through_gradient_equals_soft_gumbel_gradient_for_linear_loss()
   weights = jax.random.normal(jax.random.key(5), (3, 5, 7))
   rng = jax.random.key(6)
   grads = [
-      jax.grad(lambda x: jnp.sum(weights * grouping.gumbel_softmax(x, rng, 1, hard=h)))(logits)
-      for h in (True, False)
+    jax.grad(lambda x: jnp.sum(weights * grouping.gumbel_softmax(x, rng, 1, hard=h)))(logits)
+    for h in (True, False)
   ]
   np.testing.assert_array_equal(grads[0], grads[1])
 
@@ -61,7 +66,11 @@ def test_gumbel_softmax_matches_numpy_formula():
 def numpy_assign_attention(params, groups, tokens, assign_eps=1.0):
   """Eval-mode assignment attention from the paper's equations, in NumPy."""
   lin = lambda p, x: x @ np.asarray(p['kernel']) + np.asarray(p['bias'])
-  q, k, v = lin(params['q_proj'], groups), lin(params['k_proj'], tokens), lin(params['v_proj'], tokens)
+  q, k, v = (
+    lin(params['q_proj'], groups),
+    lin(params['k_proj'], tokens),
+    lin(params['v_proj'], tokens),
+  )
   logits = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])  # [B, S, N]
   soft = np.exp(logits - logits.max(axis=1, keepdims=True))
   soft /= soft.sum(axis=1, keepdims=True)  # over groups
@@ -95,7 +104,8 @@ def test_training_adds_gumbel_noise_and_stays_one_hot(block_inputs):
   apply = jax.jit(block.apply, static_argnames='deterministic')
   _, eval_assign = apply(variables, *block_inputs)
   train = lambda seed: apply(
-      variables, *block_inputs, deterministic=False, rngs={'gumbel': jax.random.key(seed)})[1]
+    variables, *block_inputs, deterministic=False, rngs={'gumbel': jax.random.key(seed)}
+  )[1]
   a, b, again = train(1), train(2), train(1)
   for assignment in (eval_assign, a, b):
     np.testing.assert_array_equal(np.asarray(assignment.hard).sum(axis=1), 1.0)
@@ -117,8 +127,9 @@ def test_gradient_reaches_assignment_projections_through_hard_assignment(block_i
   variables = block.init(jax.random.key(0), *block_inputs)
 
   def loss(params):
-    out, _ = block.apply({'params': params}, *block_inputs, deterministic=False,
-                         rngs={'gumbel': jax.random.key(3)})
+    out, _ = block.apply(
+      {'params': params}, *block_inputs, deterministic=False, rngs={'gumbel': jax.random.key(3)}
+    )
     return jnp.sum(out**2)
 
   grads = jax.jit(jax.grad(loss))(variables['params'])

@@ -1,11 +1,11 @@
 """The inference API contract: inputs, outputs, validation and compilation caching."""
 
+import hf_reference as ref
 import numpy as np
 import pytest
 import torch
 
 import groupvit_jax
-import hf_reference as ref
 
 
 @pytest.fixture(scope='module')
@@ -52,12 +52,15 @@ def test_repeated_shapes_do_not_recompile(model):
   assert model._text_fn._cache_size() == text_before + 1
 
 
-@pytest.mark.parametrize('images, error, message', [
+@pytest.mark.parametrize(
+  'images, error, message',
+  [
     (np.zeros((2, 64, 64, 3), np.float32), TypeError, 'uint8'),
     (np.zeros((2, 64, 64), np.uint8), ValueError, r'\[N, H, W, 3\]'),
     (np.zeros((2, 3, 64, 64), np.uint8), ValueError, r'\[N, H, W, 3\]'),
     (np.zeros((1, 8, 8, 3), np.uint8), ValueError, 'smaller than one 16x16 patch'),
-])
+  ],
+)
 def test_bad_images_are_rejected_clearly(model, images, error, message):
   with pytest.raises(error, match=message):
     model.encode_image(images)
