@@ -69,14 +69,22 @@ class GroupViTInference:
     return float(scale)
 
 
-def load(path: str) -> GroupViTInference:
-  """Loads a groupvit_jax checkpoint directory, an NVlabs `.pth`, or a Hugging Face directory."""
+def load(path: str, dtype: str | None = None) -> GroupViTInference:
+  """Loads a groupvit_jax checkpoint directory, an NVlabs `.pth`, or a Hugging Face directory.
+
+  `dtype` overrides the compute dtype ('float32' or 'bfloat16', e.g. bfloat16 on GPU/TPU);
+  parameters stay float32 either way.
+  """
   from groupvit_jax import convert  # pylint: disable=g-import-not-at-top
 
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
+  if dtype not in (None, 'float32', 'bfloat16'):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   if checkpoint.is_checkpoint(path):
     model_config, variables = checkpoint.load(path)
   else:
     model_config, variables, _ = convert.convert(path)
+  if dtype:
+    model_config = dict(model_config, dtype=dtype)
   return GroupViTInference(model_config, variables)

@@ -69,3 +69,15 @@ def test_bad_images_are_rejected_clearly(model, images, error, message):
 def test_load_missing_path():
   with pytest.raises(FileNotFoundError, match='does not exist'):
     groupvit_jax.load('/nonexistent/checkpoint')
+
+
+def test_bfloat16_compute_on_request(model, tmp_path):
+  hf_model = ref.make_model(seed=0, **ref.TINY)
+  hf_model.save_pretrained(tmp_path)
+  bf16 = groupvit_jax.load(str(tmp_path), dtype='bfloat16')
+  images = ref.random_images(seed=2, n=2, height=64, width=64)
+  ours, full = bf16.encode_image(images), model.encode_image(images)
+  assert ours.dtype == np.float32
+  assert np.sum(ours * full, axis=-1).min() > 0.98
+  with pytest.raises(ValueError, match='dtype'):
+    groupvit_jax.load(str(tmp_path), dtype='float16')

@@ -33,7 +33,7 @@ def test_patch_embed_matches_torch_conv():
   conv = torch.nn.functional.conv2d(
     torch.from_numpy(images).permute(0, 3, 1, 2),
     torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()),
-    torch.from_numpy(np.asarray(variables['params']['bias'])),
+    torch.from_numpy(np.array(variables['params']['bias'])),
     stride=16,
   )
   x = conv.flatten(2).transpose(1, 2)  # [B, 4*3, D]
