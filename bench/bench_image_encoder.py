@@ -77,9 +77,9 @@ def main():
 
   sys.path.insert(0, os.path.join(REPO, 'tests'))
   sys.path.insert(0, REPO)
-  import hf_reference as ref
-
   import groupvit_jax
+
+  import hf_reference as ref
   # pylint: enable=g-import-not-at-top
 
   torch.set_num_threads(len(cores))

@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
 
-import clip_reference  # noqa: E402
-
 from groupvit_jax.tokenizer import DEFAULT_BPE_PATH, ClipTokenizer  # noqa: E402
+
+import clip_reference  # noqa: E402
 
 _WORDS = """
 a an the of in on at with and or to from by near under over behind next

@@ -17,8 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from groupvit_jax import checkpoint
-from groupvit_jax import state_dicts
+from groupvit_jax import checkpoint, state_dicts
 from groupvit_jax.state_dicts import ConversionError
 
 

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import checkpoint
-from groupvit_jax import tokenizer
+from groupvit_jax import checkpoint, tokenizer
 from groupvit_jax.models.groupvit import GroupViT, ImageOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

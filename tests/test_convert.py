@@ -3,11 +3,12 @@
 import json
 import os
 
-import cli
-import hf_reference as ref
 import numpy as np
 import pytest
 import torch
+
+import cli
+import hf_reference as ref
 
 
 @pytest.fixture(scope='module')

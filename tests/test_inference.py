@@ -1,11 +1,12 @@
 """The inference API contract: inputs, outputs, validation and compilation caching."""
 
-import hf_reference as ref
 import numpy as np
 import pytest
 import torch
 
 import groupvit_jax
+
+import hf_reference as ref
 
 
 @pytest.fixture(scope='module')

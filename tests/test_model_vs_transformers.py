@@ -6,13 +6,14 @@ pytorch_model.bin), and an NVlabs-format .pth built from the same weights and ru
 embeddings, logits_per_image and every stage's soft and hard assignment maps to 1e-4.
 """
 
-import cli
-import hf_reference as ref
 import numpy as np
 import pytest
 import torch
 
 import groupvit_jax
+
+import cli
+import hf_reference as ref
 
 TOL = 1e-4
 TOKENS = ref.random_tokens(seed=7, n=5)

@@ -16,14 +16,15 @@ import pickle
 import random
 import string
 
-import clip_reference
 import ftfy
 import numpy as np
 import pytest
-from clip_reference import EOT, SOT, reference_rows
 
 from groupvit_jax import tokenizer as tok_module
 from groupvit_jax.tokenizer import DEFAULT_BPE_PATH, ClipTokenizer, default_tokenizer, tokenize
+
+import clip_reference
+from clip_reference import EOT, SOT, reference_rows
 
 
 @pytest.fixture(scope='module')

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax.models import grouping
-from groupvit_jax.models import layers
+from groupvit_jax.models import grouping, layers
 
 
 @functools.lru_cache(maxsize=64)
