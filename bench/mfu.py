@@ -1,0 +1,81 @@
+"""GroupViT training FLOPs per sample and model FLOPs utilisation (MFU), analytically.
+
+  python bench/mfu.py --config configs/cc_yfcc_2stage.py
+  python bench/mfu.py --config configs/cc_yfcc_2stage.py --batch 4096 --step_time 1.9 \\
+      --chip h100 --chips 16
+
+Prints the per-sample GFLOPs of groupvit_jax.flops (matmuls only, a multiply-add being 2
+FLOPs): the image tower and projection on one image, the text towers on the image's texts, its
+share of the contrastive logits, and their training total (3 x forward). Then the samples/s per
+chip that 50% MFU would mean on each chip of flops.PEAK_BF16_FLOPS and, given a measured step
+time, the MFU it achieved. Nothing is run: the numbers follow from the config alone.
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from groupvit_jax import flops
+
+
+def parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', required=True, help='a configs/*.py file with get_config()')
+  parser.add_argument('--batch', type=int, default=4096, help='global batch, images')
+  parser.add_argument('--image_size', type=int, default=224, help='training image side, pixels')
+  parser.add_argument(
+    '--texts', type=int, default=4, help='texts per image: the caption and K prompted nouns'
+  )
+  parser.add_argument('--step_time', type=float, default=None, help='measured seconds per step')
+  parser.add_argument('--chip', choices=sorted(flops.PEAK_BF16_FLOPS), default='h100')
+  parser.add_argument('--chips', type=int, default=1, help='chips the step ran on')
+  return parser.parse_args()
+
+
+def load_model_config(path):
+  spec = importlib.util.spec_from_file_location('experiment_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config().model.to_dict()
+
+
+def main():
+  args = parse_args()
+  config = load_model_config(args.config)
+  image = flops.image_forward_flops(config, args.image_size)
+  text = flops.text_forward_flops(config)
+  logits = flops.contrastive_logits_flops(config, args.texts, args.batch)
+  train = flops.train_flops_per_sample(config, args.image_size, args.texts, args.batch)
+  context = config['text']['context_length']
+
+  print(f'{args.config}: GFLOPs per sample (matmuls, multiply-add = 2), global batch {args.batch}')
+  rows = [
+    (f'image forward ({args.image_size}x{args.image_size})', image),
+    (f'text forward, one text ({context} tokens)', text),
+    (f'text forward, {args.texts} texts', args.texts * text),
+    ('contrastive logits forward', logits),
+    ('forward total', image + args.texts * text + logits),
+    ('train (3 x forward)', train),
+  ]
+  for name, value in rows:
+    print(f'  {name:<40} {value / 1e9:10.3f}')
+
+  print('samples/s per chip at 50% MFU (dense bf16 peak):')
+  for chip, peak in flops.PEAK_BF16_FLOPS.items():
+    print(f'  {chip:<10} {peak / 1e12:6.0f} TFLOP/s  {0.5 * peak / train:8.0f} samples/s')
+
+  if args.step_time is not None:
+    peak = flops.PEAK_BF16_FLOPS[args.chip]
+    utilisation = flops.mfu(args.step_time, args.batch, train, peak, args.chips)
+    per_chip = args.batch / args.step_time / args.chips
+    print(
+      f'step {args.step_time} s for {args.batch} samples on {args.chips} x {args.chip}: '
+      f'{per_chip:.0f} samples/s per chip, MFU {100 * utilisation:.1f}%'
+    )
+
+
+if __name__ == '__main__':
+  main()
