@@ -96,6 +96,17 @@ class GroupViT(nn.Module):
     """Token ids [B, L] -> L2-normalised text embeddings [B, E]."""
     return l2_normalize(self.text_projector(self.text_encoder(tokens, not train), train))
 
+  def embed_for_training(self, images: jax.Array, tokens: jax.Array):
+    """The training forward: images [B, H, W, 3] and, per image, T texts [B, T, L].
+
+    Returns (image embeddings [B, E], text embeddings [B, T, E], (scale, multi-label scale)).
+    The text projector's BatchNorm sees all B * T texts, as in the released code.
+    """
+    image = self.encode_image(images, train=True).embedding
+    b, t, length = tokens.shape
+    text = self.encode_text(tokens.reshape(b * t, length), train=True)  # [B * T, E]
+    return image, text.reshape(b, t, -1), self.temperatures()
+
   def temperatures(self) -> tuple[jax.Array, jax.Array]:
     """The image-text and multi-label logit scales, exp(learned) clamped at 100."""
     clamp = lambda s: jnp.minimum(jnp.exp(s), MAX_LOGIT_SCALE)

@@ -1,0 +1,91 @@
+"""The released recipe's schedule, weight-decay mask and clipping."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from groupvit_jax import optimizer
+
+RECIPE = dict(
+  lr=1.6e-3,
+  warmup_lr=4e-6,
+  min_lr=4e-5,
+  warmup_steps=10,
+  weight_decay=0.05,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  grad_clip_norm=5.0,
+)
+
+
+def test_schedule_warmup_then_cosine_by_hand():
+  schedule = optimizer.learning_rate_schedule(1.6e-3, 4e-6, 4e-5, warmup_steps=10, total_steps=110)
+  np.testing.assert_allclose(schedule(0), 4e-6, rtol=1e-6)
+  np.testing.assert_allclose(schedule(5), 4e-6 + 0.5 * (1.6e-3 - 4e-6), rtol=1e-6)
+  np.testing.assert_allclose(schedule(10), 1.6e-3, rtol=1e-6)
+  # Halfway through the cosine: the mean of peak and floor.
+  np.testing.assert_allclose(schedule(60), (1.6e-3 + 4e-5) / 2, rtol=1e-6)
+  quarter = 4e-5 + 0.5 * (1.6e-3 - 4e-5) * (1 + math.cos(math.pi * 0.25))
+  np.testing.assert_allclose(schedule(35), quarter, rtol=1e-6)
+  np.testing.assert_allclose(schedule(110), 4e-5, rtol=1e-6)
+  np.testing.assert_allclose(schedule(500), 4e-5, rtol=1e-6)
+
+
+def test_schedule_rejects_warmup_longer_than_training():
+  with pytest.raises(ValueError, match='warmup_steps'):
+    optimizer.learning_rate_schedule(1e-3, 0, 0, warmup_steps=100, total_steps=100)
+
+
+def test_no_weight_decay_on_biases_scales_and_temperatures():
+  params = {
+    'dense': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)},
+    'norm': {'scale': jnp.ones(4)},
+    'logit_scale': jnp.ones(()),
+    'patch': {'kernel': jnp.ones((2, 2, 3, 4))},
+  }
+  mask = optimizer.weight_decay_mask(params)
+  assert mask == {
+    'dense': {'kernel': True, 'bias': False},
+    'norm': {'scale': False},
+    'logit_scale': False,
+    'patch': {'kernel': True},
+  }
+
+  # With zero gradients only decay moves parameters: kernels shrink, the rest stays.
+  opt = optimizer.make_optimizer(dict(RECIPE, warmup_lr=1e-2, lr=1e-2, warmup_steps=0), 100)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zeros, opt.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new['dense']['kernel'], 1 - 1e-2 * 0.05, rtol=1e-6)
+  np.testing.assert_array_equal(new['dense']['bias'], 1.0)
+  np.testing.assert_array_equal(new['logit_scale'], 1.0)
+
+
+def test_gradients_clipped_to_global_norm_5():
+  opt = optimizer.make_optimizer(dict(RECIPE, weight_decay=0.0), 100)
+  params = {'w': jnp.zeros((2, 2))}
+  grads = {'w': jnp.full((2, 2), 10.0)}  # global norm 20
+  state = opt.init(params)
+  clip_state = state[0]
+  clipped, _ = optax.clip_by_global_norm(5.0).update(grads, clip_state)
+  np.testing.assert_allclose(optax.global_norm(clipped), 5.0, rtol=1e-6)
+
+
+def test_gradient_accumulation_averages_micro_batches():
+  config = dict(RECIPE, weight_decay=0.0, grad_accum_steps=2, warmup_steps=0)
+  accumulated = optimizer.make_optimizer(config, 100)
+  single = optimizer.make_optimizer(dict(config, grad_accum_steps=1), 100)
+  params = {'w': jnp.ones(3)}
+  g1, g2 = {'w': jnp.array([1.0, 2.0, 3.0])}, {'w': jnp.array([3.0, 0.0, -1.0])}
+  state = accumulated.init(params)
+  u1, state = accumulated.update(g1, state, params)
+  np.testing.assert_array_equal(u1['w'], 0.0)  # no update after the first micro-batch
+  u2, _ = accumulated.update(g2, state, params)
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+  expected, _ = single.update(mean, single.init(params), params)
+  np.testing.assert_allclose(u2['w'], expected['w'], rtol=1e-6)
