@@ -13,6 +13,8 @@ import pytest
 
 from groupvit_jax import checkpoint, optimizer, sharding, train
 
+import hf_reference as ref
+
 MODEL = dict(
   vision=dict(
     image_size=32,
@@ -45,15 +47,9 @@ pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 (virtual
 
 
 def make_batch(seed):
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8)
-  tokens = np.zeros((BATCH, TEXTS, 16), np.int32)
-  lengths = rng.integers(1, 14, (BATCH, TEXTS))
-  for i in range(BATCH):
-    for t in range(TEXTS):
-      tokens[i, t, 0] = 49406
-      tokens[i, t, 1 : lengths[i, t] + 1] = rng.integers(1, 49000, lengths[i, t])
-      tokens[i, t, lengths[i, t] + 1] = 49407
+  """BATCH images and, per image, TEXTS token rows (caption and prompts) of length 16."""
+  images = ref.random_images(seed, BATCH, 32, 32)
+  tokens = ref.random_tokens(seed, BATCH * TEXTS, context=16).reshape(BATCH, TEXTS, 16)
   return {'image': images, 'text': tokens}
 
 
