@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from groupvit_jax.prompts import IMAGENET_TEMPLATES
 from groupvit_jax.tokenizer import tokenize
-from input_pipeline.prompts import IMAGENET_TEMPLATES
 
 
 def prompted_texts(

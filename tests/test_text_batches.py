@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from groupvit_jax import tokenize
+from groupvit_jax.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from input_pipeline import synthetic
-from input_pipeline.prompts import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from input_pipeline.text import prompted_texts, tokenize_batch
 
 CAPTION = 'a striped red circle and a blue star on a gray background'
