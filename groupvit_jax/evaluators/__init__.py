@@ -1,0 +1,1 @@
+"""Evaluators: plug-ins whose `run(...)` returns a dict of metrics."""
