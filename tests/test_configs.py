@@ -1,27 +1,16 @@
 """configs/ hold the released architecture."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import transformers
 
-from groupvit_jax import checkpoint, state_dicts
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-
-
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import cc_yfcc_2stage
+from groupvit_jax import checkpoint, optimizer, state_dicts
 
 
 def test_cc_yfcc_2stage_is_the_released_architecture():
   """transformers' default GroupViTConfig is the released gcc-yfcc model (its hub config)."""
-  model_config = load_config('cc_yfcc_2stage').model.to_dict()
+  model_config = cc_yfcc_2stage.get_config().model.to_dict()
   hf_model = transformers.GroupViTModel(transformers.GroupViTConfig())
   released = {k: v.numpy() for k, v in hf_model.state_dict().items()}
   inferred = state_dicts.infer_model_config(state_dicts.hf_to_nvlabs(released))
@@ -35,3 +24,21 @@ def test_cc_yfcc_2stage_is_the_released_architecture():
   ours = sum(np.prod(s.shape) for s in jax.tree.leaves(shapes['params']))
   # transformers keeps no multi-label temperature; everything else is the same parameters.
   assert ours == sum(p.numel() for p in hf_model.parameters()) + 1
+
+
+def test_cc_yfcc_2stage_recipe_builds_the_released_schedule():
+  config = cc_yfcc_2stage.get_config()
+  steps_per_epoch = -(-(2_891_445 + 11_156_203 + 14_615_499) // 4096)
+  assert config.total_steps == 30 * steps_per_epoch
+  assert config.optimizer.warmup_steps == 2 * steps_per_epoch
+  schedule = optimizer.learning_rate_schedule(
+    config.optimizer.lr,
+    config.optimizer.warmup_lr,
+    config.optimizer.min_lr,
+    config.optimizer.warmup_steps,
+    config.total_steps,
+  )
+  np.testing.assert_allclose(schedule(0), 4e-6, rtol=1e-6)
+  np.testing.assert_allclose(schedule(config.optimizer.warmup_steps), 1.6e-3, rtol=1e-6)
+  np.testing.assert_allclose(schedule(config.total_steps), 4e-5, rtol=1e-5)
+  optimizer.make_optimizer(config.optimizer, config.total_steps).init({'w': np.ones((2, 2))})

@@ -1,19 +1,16 @@
 """The analytic FLOP counts against the model's own matmuls and XLA's cost analysis."""
 
-import importlib.util
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.extend import core
 
+from configs import cc_yfcc_2stage
 from groupvit_jax import checkpoint, flops, losses
 from groupvit_jax.models import layers
 from groupvit_jax.models.groupvit import GroupViT
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 SMALL = {
   'vision': {
@@ -33,12 +30,7 @@ SMALL = {
 
 def groupvit_s():
   """The released GroupViT-S model config, in float32 (FLOPs do not depend on the dtype)."""
-  spec = importlib.util.spec_from_file_location(
-    'config', os.path.join(CONFIGS, 'cc_yfcc_2stage.py')
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_model_config().to_dict()
+  config = cc_yfcc_2stage.get_model_config().to_dict()
   config['dtype'] = 'float32'
   return config
 
