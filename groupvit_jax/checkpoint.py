@@ -30,13 +30,17 @@ def build_model(model_config: Mapping[str, Any]) -> GroupViT:
   )
 
 
+def init_inputs(model: GroupViT) -> tuple[jax.Array, jax.Array]:
+  """A one-sample image and token batch of the shapes the model's parameters are built for."""
+  image_size = model.vision.get('image_size', 224)
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  tokens = jnp.zeros((1, (model.text or {}).get('context_length', 77)), jnp.int32)
+  return images, tokens
+
+
 def variable_shapes(model: GroupViT) -> dict:
   """The model's variables as ShapeDtypeStructs, computed without running it."""
-  text = model.text or {}
-  image_size = model.vision.get('image_size', 224)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  tokens = jax.ShapeDtypeStruct((1, text.get('context_length', 77)), jnp.int32)
-  return jax.eval_shape(model.init, {'params': jax.random.key(0)}, images, tokens)
+  return jax.eval_shape(model.init, {'params': jax.random.key(0)}, *init_inputs(model))
 
 
 def is_checkpoint(path: str) -> bool:

@@ -18,14 +18,14 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import losses, sharding
+from groupvit_jax import checkpoint, losses, sharding
 from groupvit_jax.image_ops import normalize_images
 from groupvit_jax.models.groupvit import GroupViT
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # int32 scalar: optimizer updates done
+  step: jax.Array  # int32 scalar: batches done (optimizer updates, without accumulation)
   params: Any
   batch_stats: Any
   opt_state: Any
@@ -36,13 +36,10 @@ def create_train_state(
   model: GroupViT,
   optimizer: optax.GradientTransformation,
   seed: int,
-  image_size: int,
 ) -> TrainState:
   """Freshly initialised parameters and optimizer state."""
   init_rng, run_rng = jax.random.split(jax.random.key(seed))
-  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  tokens = jnp.zeros((1, model.text.get('context_length', 77)), jnp.int32)
-  variables = model.init({'params': init_rng}, images, tokens)
+  variables = model.init({'params': init_rng}, *checkpoint.init_inputs(model))
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=variables['params'],

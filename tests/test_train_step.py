@@ -57,7 +57,7 @@ def make_batch(seed):
 def setup():
   model = checkpoint.build_model(MODEL)
   opt = optimizer.make_optimizer(OPTIMIZER, total_steps=10)
-  state = jax.jit(functools.partial(train.create_train_state, model, opt, 0, 32))()
+  state = jax.jit(functools.partial(train.create_train_state, model, opt, 0))()
   return model, opt, state
 
 
