@@ -13,30 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from groupvit_jax import interpolation
 from groupvit_jax.evaluators import metrics
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
-
-
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in] weights of PyTorch's bilinear (linear) interpolation, align_corners=False."""
-  src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-  src = np.maximum(src, 0.0)  # PyTorch clamps negative source coordinates to the first pixel
-  lo = np.floor(src).astype(np.int64)
-  hi = np.minimum(lo + 1, n_in - 1)
-  frac = src - lo
-  weights = np.zeros((n_out, n_in), np.float64)
-  np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
-  np.add.at(weights, (np.arange(n_out), hi), frac)
-  return weights.astype(np.float32)
 
 
 def bilinear_resize(x: Any, out_hw: tuple[int, int]) -> jax.Array:
   """[..., H, W] -> [..., out_h, out_w], as torch's interpolate(mode='bilinear',
   align_corners=False). Separable weights, so no antialiasing when downsampling (unlike
   jax.image.resize's default)."""
-  h, w = x.shape[-2:]
-  rows, cols = _interp_matrix(h, out_hw[0]), _interp_matrix(w, out_hw[1])
-  return jnp.einsum('...hw,Hh,Ww->...HW', x, rows, cols, precision='highest')
+  return interpolation.resize(x, out_hw, 'bilinear')
 
 
 def group_to_pixel_assignment(

@@ -1,6 +1,5 @@
 """The GroupViT image tower: patch embedding, grouping stages, final segment tokens."""
 
-import functools
 from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -8,50 +7,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from groupvit_jax import interpolation
 from groupvit_jax.models import grouping, layers
-
-
-@functools.lru_cache(maxsize=64)
-def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] matrix of torch's bicubic interpolation, align_corners=False.
-
-  torch uses the cubic convolution kernel with A = -0.75, samples at
-  (i + 0.5) * in / out - 0.5 without clamping, and clamps the four taps to the border.
-  (jax.image.resize uses A = -0.5 and renormalised borders, which would not reproduce the
-  released model at other resolutions.)
-  """
-  a = -0.75
-
-  def cubic(t):
-    t = abs(t)
-    if t <= 1:
-      return ((a + 2) * t - (a + 3)) * t * t + 1
-    if t < 2:
-      return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-    return 0.0
-
-  matrix = np.zeros((out_size, in_size), np.float64)
-  scale = in_size / out_size
-  for i in range(out_size):
-    src = (i + 0.5) * scale - 0.5
-    base = int(np.floor(src))
-    frac = src - base
-    for tap in range(-1, 3):
-      matrix[i, min(max(base + tap, 0), in_size - 1)] += cubic(tap - frac)
-  return matrix.astype(np.float32)
 
 
 def interpolate_pos_embed(
   pos_embed: jax.Array, grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> jax.Array:
-  """Resizes a [gh*gw, D] positional embedding to a new patch grid, bicubically."""
+  """Resizes a [gh*gw, D] positional embedding to a new patch grid with torch's bicubic."""
   if tuple(grid) == tuple(new_grid):
     return pos_embed
   d = pos_embed.shape[-1]
   pos = pos_embed.reshape(grid[0], grid[1], d)  # [gh, gw, D]
-  rows = jnp.asarray(bicubic_resize_matrix(grid[0], new_grid[0]))
-  cols = jnp.asarray(bicubic_resize_matrix(grid[1], new_grid[1]))
-  pos = jnp.einsum('Hh,hwd,Ww->HWd', rows, pos, cols, precision=jax.lax.Precision.HIGHEST)
+  pos = interpolation.resize(pos, new_grid, 'bicubic', axes=(0, 1))  # [gh', gw', D]
   return pos.reshape(new_grid[0] * new_grid[1], d)
 
 
