@@ -32,7 +32,10 @@ def parse_args():
   parser.add_argument('--step_time', type=float, default=None, help='measured seconds per step')
   parser.add_argument('--chip', choices=sorted(flops.PEAK_BF16_FLOPS), default='h100')
   parser.add_argument('--chips', type=int, default=1, help='chips the step ran on')
-  return parser.parse_args()
+  args = parser.parse_args()
+  if not os.path.isfile(args.config):
+    parser.error(f'--config {args.config}: no such file (expected a configs/*.py file)')
+  return args
 
 
 def load_model_config(path):
