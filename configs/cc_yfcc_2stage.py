@@ -73,4 +73,22 @@ def get_config() -> ml_collections.ConfigDict:
   )
   # Pure data parallelism over every device; set fsdp > 1 to shard parameters too.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      name='webdataset',
+      # img2dataset output (10,000 pairs per shard by default): point these at your copies,
+      # e.g. --config.data.shards='/mnt/cc3m/{00000..00331}.tar'.
+      shards=(
+        '/data/cc3m/{00000..00331}.tar',
+        '/data/cc12m/{00000..01242}.tar',
+        '/data/yfcc14m/{00000..01888}.tar',
+      ),
+      context_length=77,
+      num_prompts=3,  # K prompted nouns per caption
+    )
+  )
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.eval_every_steps = 0  # zero-shot VOC/Context/COCO evaluators come with issue 5
   return config

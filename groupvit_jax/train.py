@@ -1,4 +1,4 @@
-"""Training: the train state and the sharded train step.
+"""Training: the train state, the sharded train step and the loop (`train_and_evaluate`).
 
 The step is one jit-compiled function over global arrays laid out on the mesh (see
 sharding.py). The towers run as ordinary global computations, so the projection heads'
@@ -9,18 +9,35 @@ depend on the mesh it runs on.
 """
 
 import functools
+import os
+import signal
+import threading
+import time
 from typing import Any, Callable
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import checkpoint, losses, sharding
+from groupvit_jax import (
+  checkpoint,
+  config_checks,
+  evaluators,
+  losses,
+  metric_writers,
+  sharding,
+  train_checkpoints,
+)
+from groupvit_jax import optimizer as optimizers
 from groupvit_jax.image_ops import normalize_images
+from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
+from input_pipeline import train_data
 
 
 @flax.struct.dataclass
@@ -97,15 +114,18 @@ def make_train_step(
   def train_step(state: TrainState, batch: dict):
     metrics, batch_stats, grads = loss_and_grads(model, mesh, state, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics = dict(
-      metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step // grad_accum_steps)
-    )
+    grad_norm = optax.global_norm(grads)
+    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step // grad_accum_steps))
     new_state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),
       batch_stats=batch_stats,
       opt_state=opt_state,
     )
+    # A NaN or Inf loss or gradient leaves the whole state as it was, so no NaN ever reaches
+    # the parameters or a checkpoint; the loop sees the metric and stops the run.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     return new_state, metrics
 
   batch_sharding = sharding.batch_sharding(mesh)
@@ -126,3 +146,169 @@ def state_shardings(mesh: Mesh, state_shapes: TrainState) -> TrainState:
     opt_state=sharding.param_shardings(mesh, state_shapes.opt_state),
     rng=sharding.replicated(mesh),
   )
+
+
+class _Preemption:
+  """Set by SIGTERM (how preemptible TPU and cloud VMs announce the end): the loop then saves
+  a checkpoint and returns. With several processes, orbax agrees on the step to stop at."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+  def reached(self, manager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self._event.is_set()
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def evaluate(
+  evals: dict, model_config, state, step: int, writer, workdir: str, pictures: bool
+) -> None:
+  """Runs every evaluator on the current weights and logs their metrics (and pictures)."""
+  if not evals:
+    return
+  inference = GroupViTInference(
+    model_config, {'params': state.params, 'batch_stats': state.batch_stats}
+  )
+  for name, evaluator in evals.items():
+    start = time.time()
+    results = evaluator.run(inference)
+    writer.write_scalars(step, {f'{name}_{k}': v for k, v in results.items()})
+    logging.info(
+      'step %d | %s: %s (%.1fs)',
+      step,
+      name,
+      ', '.join(f'{k} {v:.4f}' for k, v in results.items() if k in ('miou', 'top1')),
+      time.time() - start,
+    )
+    if pictures and jax.process_index() == 0:
+      directory = os.path.join(workdir, 'pictures', name, f'step_{step}')
+      evaluator.write_pictures(inference, directory)
+      logging.info('wrote %s', directory)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir` to config.total_steps; returns the last metrics.
+
+  Writes WORKDIR/config.json, metrics.jsonl, tensorboard/, checkpoints/ and, at the end,
+  model/ (a groupvit_jax checkpoint for groupvit_jax.load) and pictures/.
+  """
+  config_checks.check(config)
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(config.batch_size, mesh)
+  except ValueError as error:
+    raise config_checks.ConfigError(str(error)) from None
+  accum = config.optimizer.get('grad_accum_steps', 1)
+  if config.total_steps % accum:
+    raise config_checks.ConfigError(
+      f'config.total_steps ({config.total_steps}) must be a multiple of '
+      f'config.optimizer.grad_accum_steps ({accum})'
+    )
+  train_data.check_data_config(config.data)
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+
+  model_config = config.model.to_dict()
+  model = checkpoint.build_model(model_config)
+  optimizer = optimizers.make_optimizer(config.optimizer, config.total_steps // accum)
+  schedule = optimizers.learning_rate_schedule(
+    config.optimizer.lr,
+    config.optimizer.warmup_lr,
+    config.optimizer.min_lr,
+    config.optimizer.warmup_steps,
+    config.total_steps // accum,
+  )
+  init = functools.partial(create_train_state, model, optimizer, config.seed)
+  state_shapes = jax.eval_shape(init)
+  shardings = state_shardings(mesh, state_shapes)
+  data = train_data.create_iterator(
+    config.data, config.batch_size, config.seed, jax.process_index(), jax.process_count()
+  )
+
+  manager = train_checkpoints.create_manager(workdir, config.get('keep_checkpoints', 3))
+  restored = train_checkpoints.restore_latest(manager, state_shapes, shardings)
+  if restored is None:
+    state = jax.jit(init, out_shardings=shardings)()
+  else:
+    state, data_state = restored
+    data.set_state(data_state)
+    logging.info('resumed from the checkpoint at step %d in %s', int(state.step), workdir)
+  step = int(state.step)
+  writer = metric_writers.create_writer(workdir, resume_step=step)
+  evals = evaluators.create(config.get('evals', {}))
+  train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum)
+  batch_sharding = sharding.batch_sharding(mesh)
+  total = config.total_steps
+  logging.info(
+    'training %s to step %d: global batch %d on %d devices %s',
+    workdir,
+    total,
+    config.batch_size,
+    mesh.size,
+    dict(mesh.shape),
+  )
+
+  preemption = _Preemption()
+  last_saved = step if restored is not None else None
+  log_time, log_step = time.time(), step
+  metrics = {}
+  try:
+    while step < total:
+      batch = jax.make_array_from_process_local_data(batch_sharding, next(data))
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      # Reading the metrics waits for this step; the data thread makes the next batches.
+      metrics = jax.device_get(step_metrics)
+      if not all(map(jnp.isfinite, (metrics['loss'], metrics['grad_norm']))):
+        writer.write_scalars(step, metrics)
+        manager.wait_until_finished()
+        raise FloatingPointError(
+          f'non-finite loss {metrics["loss"]} or gradient norm {metrics["grad_norm"]} at step '
+          f'{step}: the run stops without updating the weights. The last good checkpoint '
+          f'(step {manager.latest_step()}) is in {workdir}/checkpoints; lower '
+          f'optimizer.lr or raise optimizer.warmup_steps and rerun to resume from it.'
+        )
+      if step % config.log_every_steps == 0 or step == total:
+        seconds_per_step = (time.time() - log_time) / (step - log_step)
+        metrics['samples_per_second'] = config.batch_size / seconds_per_step
+        writer.write_scalars(step, metrics)
+        logging.info(metric_writers.progress_line(step, total, seconds_per_step, metrics))
+        log_time, log_step = time.time(), step
+      if step % config.checkpoint_every_steps == 0 or step == total:
+        train_checkpoints.save(manager, state, data.get_state())
+        last_saved = step
+      if config.get('eval_every_steps') and step % config.eval_every_steps == 0 and step < total:
+        evaluate(evals, model_config, state, step, writer, workdir, pictures=False)
+        log_time, log_step = time.time(), step  # evaluation time is not training time
+      if preemption.reached(manager, step):
+        if last_saved != step:
+          train_checkpoints.save(manager, state, data.get_state())
+        manager.wait_until_finished()
+        logging.warning(
+          'SIGTERM: saved a checkpoint at step %d; rerun the same command to resume.', step
+        )
+        return metrics
+    manager.wait_until_finished()
+    evaluate(evals, model_config, state, step, writer, workdir, pictures=True)
+    if jax.process_count() == 1:
+      variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+      checkpoint.save(
+        os.path.join(workdir, 'model'), model_config, variables, {'step': step}, overwrite=True
+      )
+  finally:
+    preemption.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  return metrics

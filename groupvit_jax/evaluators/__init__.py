@@ -1,1 +1,27 @@
-"""Evaluators: plug-ins whose `run(...)` returns a dict of metrics."""
+"""Evaluators: plug-ins the trainer runs every `eval_every_steps` and at the end.
+
+An evaluator is built from one entry of `config.evals` (name -> settings with a 'type') and
+has `run(inference) -> {metric: float}` and `write_pictures(inference, directory)`.
+"""
+
+from typing import Any, Mapping
+
+from groupvit_jax.evaluators import synthetic_segmentation
+
+EVALUATORS = {
+  'synthetic_segmentation': synthetic_segmentation.SyntheticSegmentation,
+}
+
+
+def create(eval_configs: Mapping[str, Mapping[str, Any]]) -> dict:
+  """{name: evaluator} for `config.evals`."""
+  evaluators = {}
+  for name, settings in eval_configs.items():
+    settings = dict(settings)
+    kind = settings.pop('type', None)
+    if kind not in EVALUATORS:
+      raise ValueError(
+        f'config.evals.{name}.type is {kind!r}; expected one of {sorted(EVALUATORS)}'
+      )
+    evaluators[name] = EVALUATORS[kind](**settings)
+  return evaluators

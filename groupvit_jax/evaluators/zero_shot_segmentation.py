@@ -25,16 +25,35 @@ def bilinear_resize(x: Any, out_hw: tuple[int, int]) -> jax.Array:
   return interpolation.resize(x, out_hw, 'bilinear')
 
 
-def group_to_pixel_assignment(
+def _pixel_group_scores(
   assignments_soft: Sequence[jax.Array], grid: tuple[int, int], out_hw: tuple[int, int]
 ) -> jax.Array:
-  """Per-stage soft maps [B, S_out, N_in] -> one-hot pixel-to-final-group map [B, S, H, W]."""
+  """Per-stage soft maps [B, S_out, N_in] -> their product, resized: [B, S_last, H, W]."""
   maps = assignments_soft[0]  # [B, S_1, N]
   for stage in assignments_soft[1:]:
     maps = jnp.einsum('bts,bsn->btn', stage, maps)  # [B, S_next, N]
   b, s, _ = maps.shape
-  maps = bilinear_resize(maps.reshape(b, s, *grid), out_hw)  # [B, S, H, W]
-  return jax.nn.one_hot(jnp.argmax(maps, axis=1), s, axis=1, dtype=jnp.float32)
+  return bilinear_resize(maps.reshape(b, s, *grid), out_hw)  # [B, S, H, W]
+
+
+def group_to_pixel_assignment(
+  assignments_soft: Sequence[jax.Array], grid: tuple[int, int], out_hw: tuple[int, int]
+) -> jax.Array:
+  """Per-stage soft maps [B, S_out, N_in] -> one-hot pixel-to-final-group map [B, S, H, W]."""
+  scores = _pixel_group_scores(assignments_soft, grid, out_hw)
+  return jax.nn.one_hot(jnp.argmax(scores, axis=1), scores.shape[1], axis=1, dtype=jnp.float32)
+
+
+def stage_group_maps(
+  assignments_soft: Sequence[jax.Array], grid: tuple[int, int], out_hw: tuple[int, int]
+) -> list[jax.Array]:
+  """The group each pixel belongs to after each grouping stage: int32 [B, H, W] per stage."""
+  return [
+    jnp.argmax(_pixel_group_scores(assignments_soft[: i + 1], grid, out_hw), axis=1).astype(
+      jnp.int32
+    )
+    for i in range(len(assignments_soft))
+  ]
 
 
 def class_embeddings(

@@ -62,7 +62,8 @@ class GroupViT(nn.Module):
   """The two-tower GroupViT model.
 
   `vision` and `text` are the keyword arguments of VisionTower and TextTower; `dtype` is the
-  compute dtype ('float32' or 'bfloat16'); parameters are always float32.
+  compute dtype ('float32' or 'bfloat16'); parameters are always float32. `remat` recomputes
+  every transformer block's activations in the backward pass (less memory, more compute).
   """
 
   vision: Mapping[str, Any]
@@ -70,11 +71,12 @@ class GroupViT(nn.Module):
   embed_dim: int = 256
   projection_hidden_dim: int = 4096
   dtype: str = 'float32'
+  remat: bool = False
 
   def setup(self):
     dtype = jnp.dtype(self.dtype)
-    self.img_encoder = VisionTower(**_tuples(self.vision), dtype=dtype)
-    self.text_encoder = TextTower(**self.text, dtype=dtype)
+    self.img_encoder = VisionTower(**_tuples(self.vision), dtype=dtype, remat=self.remat)
+    self.text_encoder = TextTower(**self.text, dtype=dtype, remat=self.remat)
     self.img_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
     self.text_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
     init_scale = nn.initializers.constant(math.log(1 / 0.07))

@@ -139,3 +139,13 @@ class TransformerBlock(nn.Module):
       layer_norm('norm2')(x)
     )
     return x + drop(y, deterministic)
+
+
+def transformer_block(remat: bool) -> type[TransformerBlock]:
+  """TransformerBlock, rematerialised (activations recomputed in the backward pass) if asked.
+
+  Remat trades about a third more compute for not storing each block's activations; the
+  parameters and their names are the same either way.
+  """
+  # static_argnums counts the module itself as argument 0: `deterministic` is static.
+  return nn.remat(TransformerBlock, static_argnums=(2,)) if remat else TransformerBlock

@@ -17,6 +17,7 @@ class TextTower(nn.Module):
   num_heads: int = 4
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute transformer blocks' activations in the backward pass
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -36,7 +37,7 @@ class TextTower(nn.Module):
     )
     x = embed(tokens) + pos[: tokens.shape[-1]]  # [B, L, width]
     for i in range(self.depth):
-      x = layers.TransformerBlock(
+      x = layers.transformer_block(self.remat)(
         self.num_heads,
         self.mlp_ratio,
         layers.quick_gelu,

@@ -67,6 +67,7 @@ class GroupingStage(nn.Module):
   gumbel_tau: float
   assign_eps: float
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(
@@ -89,7 +90,7 @@ class GroupingStage(nn.Module):
       x = jnp.concatenate([x, group_tokens.astype(x.dtype)], axis=1)  # [B, N + S, D]
 
     for i in range(self.depth):
-      x = layers.TransformerBlock(
+      x = layers.transformer_block(self.remat)(
         self.num_heads,
         self.mlp_ratio,
         layers.gelu,
@@ -147,6 +148,7 @@ class VisionTower(nn.Module):
   assign_eps: float = 1.0
   drop_path_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute transformer blocks' activations in the backward pass
 
   def _check(self):
     grouping_stages = [s for s in self.num_group_tokens if s]
@@ -195,6 +197,7 @@ class VisionTower(nn.Module):
         self.gumbel_tau,
         self.assign_eps,
         self.dtype,
+        self.remat,
         name=f'layers_{i}',
       )(x, group_tokens, deterministic)
       if assignment is not None:

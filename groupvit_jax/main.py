@@ -1,0 +1,62 @@
+"""Trains GroupViT: `python -m groupvit_jax.main --config=configs/synthetic_tiny.py --workdir=DIR`.
+
+Any config value can be overridden, e.g. `--config.batch_size=1024 --config.total_steps=100`.
+Rerunning the same command resumes from the latest checkpoint in the workdir.
+"""
+
+import logging as logging_std
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from groupvit_jax import config_checks, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and pictures.')
+flags.DEFINE_bool(
+  'distributed', False, 'Call jax.distributed.initialize() first (multi-host TPU or GPU runs).'
+)
+config_flags.DEFINE_config_file(
+  'config', 'configs/synthetic_tiny.py', 'Experiment config file.', lock_config=True
+)
+flags.mark_flags_as_required(['workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a one-line error for a config override naming an unknown key."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f'error: {error}\nPass --helpfull to see all flags.')
+  except (AttributeError, KeyError) as error:
+    message = str(error).strip('\'"').replace('\\n', ' ').replace('\\', '')
+    sys.exit(f'error: unknown config key in an override: {message}')
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops orbax's INFO lines (dozens per checkpoint); its warnings and errors still show."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno > logging_std.INFO or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  logging.info(
+    'JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices()
+  )
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_checks.ConfigError, FileNotFoundError, FloatingPointError) as error:
+    sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,66 @@
+"""Pictures of segmentations and groups: label maps to colours, and captioned panels as PNG."""
+
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def label_colours(num_labels: int) -> np.ndarray:
+  """PASCAL VOC's colour map, uint8 [num_labels, 3]: label 0 black, then distinct colours."""
+  colours = np.zeros((num_labels, 3), np.uint8)
+  for label in range(num_labels):
+    c, value = label, [0, 0, 0]
+    for shift in range(7, -1, -1):
+      for channel in range(3):
+        value[channel] |= ((c >> channel) & 1) << shift
+      c >>= 3
+    colours[label] = value
+  return colours
+
+
+def colourize(labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+  """int label map [H, W] -> uint8 RGB [H, W, 3]."""
+  return colours[np.asarray(labels) % len(colours)]
+
+
+def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+  """uint8 image and overlay [H, W, 3] mixed as alpha * overlay + (1 - alpha) * image."""
+  mixed = alpha * overlay.astype(np.float32) + (1 - alpha) * image.astype(np.float32)
+  return np.round(mixed).astype(np.uint8)
+
+
+def panel(
+  rows: Sequence[Sequence[np.ndarray]],
+  titles: Sequence[str],
+  scale: int = 1,
+  legend: Sequence[tuple[str, Sequence[int]]] = (),
+) -> np.ndarray:
+  """Images (uint8 [H, W, 3], all the same size) in a grid, a title over each column and an
+  optional legend of (name, colour) below: uint8 [H', W', 3]."""
+  h, w = rows[0][0].shape[:2]
+  h, w = h * scale, w * scale
+  gap, title_h, legend_h = 4, 16, 16 if legend else 0
+  width = len(titles) * (w + gap) + gap
+  height = title_h + len(rows) * (h + gap) + gap + legend_h
+  canvas = Image.new('RGB', (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+  for c, title in enumerate(titles):
+    draw.text((gap + c * (w + gap), 2), title, fill=(0, 0, 0), font=font)
+  for r, row in enumerate(rows):
+    for c, image in enumerate(row):
+      tile = Image.fromarray(np.asarray(image, np.uint8)).resize((w, h), Image.NEAREST)
+      canvas.paste(tile, (gap + c * (w + gap), title_h + gap + r * (h + gap)))
+  x, y = gap, height - legend_h + 2
+  for name, colour in legend:
+    draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(v) for v in colour), outline=(0, 0, 0))
+    draw.text((x + 14, y), name, fill=(0, 0, 0), font=font)
+    x += 14 + int(draw.textlength(name, font=font)) + 10
+  return np.asarray(canvas)
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(np.asarray(image, np.uint8)).save(path)
