@@ -1,5 +1,5 @@
 """The embedded default end to end: `python -m groupvit_jax.main` on configs/synthetic_tiny.py
-trains within 10 minutes on a 2-core CPU and reaches the mIoU the README documents."""
+trains within 10 minutes on a 2-core CPU, logs what the README lists and draws its pictures."""
 
 import json
 import os
@@ -11,42 +11,57 @@ from groupvit_jax.metric_writers import METRICS_FILE
 
 import cli
 
-# The README's figure for this config, less a margin for run-to-run float differences between
-# machines (XLA's CPU kernels differ with the instruction set).
-DOCUMENTED_MIOU = 0.0
-MARGIN = 0.03
 TIME_LIMIT_S = 600
+TRAIN_KEYS = (
+  'loss',
+  'loss_image_text',
+  'loss_multi_label',
+  'lr',
+  'logit_scale',
+  'multi_label_logit_scale',
+  'grad_norm',
+  'samples_per_second',
+)
 
 
-@pytest.mark.slow
-def test_main_on_the_embedded_default(tmp_path):
-  workdir = tmp_path / 'run'
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('synthetic_tiny') / 'run'
   start = time.time()
   # One CPU device, as a user's laptop has (the test session's 8 virtual ones are for sharding).
   result = cli.run(
     'groupvit_jax.main', '--config=configs/synthetic_tiny.py', f'--workdir={workdir}', XLA_FLAGS=''
   )
-  elapsed = time.time() - start
+  return workdir, result, time.time() - start
+
+
+@pytest.mark.slow
+def test_main_on_the_embedded_default_finishes_in_time_with_its_outputs(run):
+  workdir, result, elapsed = run
   assert result.returncode == 0, result.stderr[-5000:]
   assert elapsed < TIME_LIMIT_S, elapsed
-
   rows = [json.loads(line) for line in open(workdir / METRICS_FILE)]
   train_rows = [r for r in rows if 'loss' in r]
-  for key in (
-    'loss',
-    'loss_image_text',
-    'loss_multi_label',
-    'lr',
-    'logit_scale',
-    'multi_label_logit_scale',
-    'grad_norm',
-    'samples_per_second',
-  ):
-    assert key in train_rows[-1], key
+  assert [r['step'] for r in train_rows] == list(range(25, 501, 25))
+  assert all(key in train_rows[-1] for key in TRAIN_KEYS)
   assert train_rows[-1]['loss'] < train_rows[0]['loss']
   (evaluation,) = [r for r in rows if 'synthetic_miou' in r]
-  assert evaluation['synthetic_miou'] >= DOCUMENTED_MIOU - MARGIN, evaluation
+  assert evaluation['step'] == 500 and 0.0 <= evaluation['synthetic_miou'] <= 1.0
   assert os.path.getsize(workdir / 'pictures/synthetic/step_500/segmentation.png') > 0
-  assert os.path.exists(workdir / 'model/config.json')
-  assert os.path.exists(workdir / 'config.json')
+  assert (workdir / 'model/config.json').exists() and (workdir / 'config.json').exists()
   assert os.listdir(workdir / 'tensorboard')
+  assert 'ETA' in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+  strict=True,
+  reason='issue 3 is open: the tiny image tower does not learn shapes within 10 CPU minutes '
+  'yet (README, Embedded default); strict, so the test reports when it starts passing',
+)
+def test_segmentation_emerges_beyond_the_most_frequent_label(run):
+  workdir, result, _ = run
+  assert result.returncode == 0
+  rows = [json.loads(line) for line in open(workdir / METRICS_FILE)]
+  (evaluation,) = [r for r in rows if 'synthetic_miou' in r]
+  assert evaluation['synthetic_miou'] > evaluation['synthetic_most_frequent_label_miou'] + 0.1
