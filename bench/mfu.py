@@ -38,16 +38,17 @@ def parse_args():
   return args
 
 
-def load_model_config(path):
+def load_config(path):
+  """The ConfigDict of a configs/*.py file's get_config()."""
   spec = importlib.util.spec_from_file_location('experiment_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config().model.to_dict()
+  return module.get_config()
 
 
 def main():
   args = parse_args()
-  config = load_model_config(args.config)
+  config = load_config(args.config).model.to_dict()
   image = flops.image_forward_flops(config, args.image_size)
   text = flops.text_forward_flops(config)
   logits = flops.contrastive_logits_flops(config, args.texts, args.batch)

@@ -12,7 +12,6 @@ matmul speed the step achieves.
 
 import argparse
 import functools
-import importlib.util
 import os
 import sys
 import time
@@ -22,15 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from mfu import load_config  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from groupvit_jax import checkpoint, flops, optimizer, sharding, train  # noqa: E402
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('experiment_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def matmul_flops_per_second(dtype, size=2048, repeats=10) -> float:
@@ -69,13 +62,7 @@ def main():
   sharding.check_batch_size(batch_size, mesh)
   model = checkpoint.build_model(model_config)
   opt = optimizer.make_optimizer(config.optimizer, config.total_steps)
-  schedule = optimizer.learning_rate_schedule(
-    config.optimizer.lr,
-    config.optimizer.warmup_lr,
-    config.optimizer.min_lr,
-    config.optimizer.warmup_steps,
-    config.total_steps,
-  )
+  schedule = optimizer.schedule_from_config(config.optimizer, config.total_steps)
   init = functools.partial(train.create_train_state, model, opt, 0)
   shardings = train.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=shardings)()

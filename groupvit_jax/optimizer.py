@@ -36,15 +36,20 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def schedule_from_config(config: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+  """learning_rate_schedule from `config.optimizer` fields (lr, warmup_lr, min_lr, warmup_steps)."""
+  return learning_rate_schedule(
+    config['lr'], config['warmup_lr'], config['min_lr'], config['warmup_steps'], total_steps
+  )
+
+
 def make_optimizer(config: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
   """AdamW with the recipe's schedule and clipping, from `config.optimizer` fields.
 
   Fields: lr, warmup_lr, min_lr, warmup_steps, weight_decay, b1, b2, eps, grad_clip_norm and
   grad_accum_steps (updates applied every that many micro-steps, gradients averaged).
   """
-  schedule = learning_rate_schedule(
-    config['lr'], config['warmup_lr'], config['min_lr'], config['warmup_steps'], total_steps
-  )
+  schedule = schedule_from_config(config, total_steps)
   optimizer = optax.chain(
     optax.clip_by_global_norm(config['grad_clip_norm']),
     optax.adamw(

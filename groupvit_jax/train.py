@@ -19,6 +19,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from jax.sharding import Mesh
@@ -222,13 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_config = config.model.to_dict()
   model = checkpoint.build_model(model_config)
   optimizer = optimizers.make_optimizer(config.optimizer, config.total_steps // accum)
-  schedule = optimizers.learning_rate_schedule(
-    config.optimizer.lr,
-    config.optimizer.warmup_lr,
-    config.optimizer.min_lr,
-    config.optimizer.warmup_steps,
-    config.total_steps // accum,
-  )
+  schedule = optimizers.schedule_from_config(config.optimizer, config.total_steps // accum)
   init = functools.partial(create_train_state, model, optimizer, config.seed)
   state_shapes = jax.eval_shape(init)
   shardings = state_shardings(mesh, state_shapes)
@@ -270,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       # Reading the metrics waits for this step; the data thread makes the next batches.
       metrics = jax.device_get(step_metrics)
-      if not all(map(jnp.isfinite, (metrics['loss'], metrics['grad_norm']))):
+      if not (np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])):
         writer.write_scalars(step, metrics)
         manager.wait_until_finished()
         raise FloatingPointError(
