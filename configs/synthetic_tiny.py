@@ -23,15 +23,21 @@ def get_config() -> ml_collections.ConfigDict:
         image_size=IMAGE_SIZE,
         patch_size=8,  # an 8x8 grid of patches
         width=64,
-        depths=(2, 2, 1),
+        depths=(3, 2),
         num_heads=4,
         mlp_ratio=4.0,
-        num_group_tokens=(16, 4, 0),
-        num_output_groups=(16, 4),  # 64 patches -> 16 groups -> 4 segments
+        # One grouping stage, 64 patches -> 8 segments: enough for up to 3 shapes and the
+        # background, and (measured) faster to learn in 500 steps than 64 -> 16 -> 4.
+        num_group_tokens=(8, 0),
+        num_output_groups=(8,),
         hard_assignment=True,
         gumbel=True,
         gumbel_tau=1.0,
         assign_eps=1.0,
+        # Assignment logits x10: at the released scale (1) they stay far below the Gumbel
+        # noise for the whole of a 500-step run, so training groups at random and inference
+        # merges everything into one segment.
+        assign_scale=10.0,
         drop_path_rate=0.0,
       ),
       text=dict(
@@ -66,7 +72,13 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.data = ml_collections.ConfigDict(
-    dict(name='synthetic', image_size=IMAGE_SIZE, context_length=CONTEXT_LENGTH, num_prompts=3)
+    dict(
+      name='synthetic',
+      image_size=IMAGE_SIZE,
+      context_length=CONTEXT_LENGTH,
+      num_prompts=3,
+      shape_colours=True,
+    )
   )
   config.log_every_steps = 25
   config.checkpoint_every_steps = 250
@@ -78,7 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
         type='synthetic_segmentation',
         image_size=IMAGE_SIZE,
         num_examples=500,
-        background_threshold=0.5,
+        background_threshold=0.7,
+        shape_colours=True,
       )
     )
   )

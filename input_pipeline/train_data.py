@@ -27,6 +27,8 @@ DATA_KEYS = {
     'num_prompts': False,
     'min_objects': False,
     'max_objects': False,
+    'shape_colours': False,
+    'caption_attributes': False,
   },
   'webdataset': {'name': True, 'shards': True, 'context_length': True, 'num_prompts': False},
 }
@@ -132,6 +134,8 @@ def create_iterator(
         image_size=data_config['image_size'],
         min_objects=data_config.get('min_objects', 1),
         max_objects=data_config.get('max_objects', 3),
+        shape_colours=data_config.get('shape_colours', False),
+        caption_attributes=data_config.get('caption_attributes', True),
         seed=seed,
       ),
       global_batch,

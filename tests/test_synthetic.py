@@ -146,6 +146,25 @@ def test_objects_and_background_have_exactly_their_colours(train):
   assert min(checked.values()) > 30, checked
 
 
+def test_shape_colours_give_each_shape_its_colour_on_neutral_backgrounds():
+  config = synthetic.SyntheticConfig(shape_colours=True)
+  shapes = collections.Counter()
+  for i in range(400):
+    s = synthetic.sample(config, 'train', i)
+    assert set(s.background.colours) <= set(synthetic.NEUTRAL_COLOURS)
+    for obj in s.objects:
+      assert obj.colour == synthetic.SHAPE_COLOURS[obj.shape]
+      # Each shape still stands out against its background.
+      assert (
+        obj.colour in synthetic._CONTRASTING[(s.background.colours[0], s.background.colours[-1])]
+      )
+      shapes[obj.shape] += 1
+  assert set(shapes) == set(synthetic.OBJECT_CLASSES) and min(shapes.values()) > 40, shapes
+  # Without the option, colours stay random.
+  default = [synthetic.sample(CONFIG, 'train', i) for i in range(50)]
+  assert any(o.colour != synthetic.SHAPE_COLOURS[o.shape] for s in default for o in s.objects)
+
+
 def test_render_reproduces_a_sample_from_its_scene(train):
   for s in train[:100]:
     image, mask = synthetic.render(s.objects, s.background, CONFIG.image_size)

@@ -24,10 +24,13 @@ class SyntheticSegmentation:
     background_threshold: float = 0.5,
     seed: int = 0,
     max_objects: int = 3,
+    shape_colours: bool = False,
     batch_size: int = 64,
     num_pictures: int = 8,
   ):
-    config = synthetic.SyntheticConfig(image_size=image_size, max_objects=max_objects, seed=seed)
+    config = synthetic.SyntheticConfig(
+      image_size=image_size, max_objects=max_objects, shape_colours=shape_colours, seed=seed
+    )
     data = synthetic.batch(config, 'heldout', range(num_examples))
     self.images, self.masks = data['image'], data['mask']
     # The baseline the README compares with: every pixel labelled with the most frequent label.

@@ -51,13 +51,18 @@ class Assignment(NamedTuple):
 
 
 class AssignAttention(nn.Module):
-  """Single-head attention whose softmax runs over the query (group) axis."""
+  """Single-head attention whose softmax runs over the query (group) axis.
+
+  The logits are q.k / sqrt(D) times `logit_scale` (1 in the released model). A larger scale
+  lets a small, briefly trained model's assignments outgrow the Gumbel noise.
+  """
 
   hard: bool = True
   gumbel: bool = True
   gumbel_tau: float = 1.0
   assign_eps: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  logit_scale: float = 1.0
 
   @nn.compact
   def __call__(
@@ -67,7 +72,8 @@ class AssignAttention(nn.Module):
     q = layers.dense(d, self.dtype, 'q_proj')(groups)  # [B, S, D]
     k = layers.dense(d, self.dtype, 'k_proj')(tokens)  # [B, N, D]
     v = layers.dense(d, self.dtype, 'v_proj')(tokens)  # [B, N, D]
-    logits = jnp.einsum('bsd,bnd->bsn', q, k, preferred_element_type=jnp.float32) * d**-0.5
+    scale = self.logit_scale * d**-0.5
+    logits = jnp.einsum('bsd,bnd->bsn', q, k, preferred_element_type=jnp.float32) * scale
 
     group_axis = -2
     soft = jax.nn.softmax(logits, axis=group_axis)
@@ -119,6 +125,7 @@ class GroupingBlock(nn.Module):
   gumbel_tau: float = 1.0
   assign_eps: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  assign_scale: float = 1.0
 
   @nn.compact
   def __call__(
@@ -138,7 +145,13 @@ class GroupingBlock(nn.Module):
     )(groups, tokens)
 
     merged, assignment = AssignAttention(
-      self.hard, self.gumbel, self.gumbel_tau, self.assign_eps, self.dtype, name='assign'
+      self.hard,
+      self.gumbel,
+      self.gumbel_tau,
+      self.assign_eps,
+      self.dtype,
+      self.assign_scale,
+      name='assign',
     )(groups, tokens, deterministic)
     x = merged + groups
     # In and out widths are equal in every released model, so the reduction is the identity.

@@ -68,6 +68,7 @@ class GroupingStage(nn.Module):
   assign_eps: float
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  assign_scale: float = 1.0
 
   @nn.compact
   def __call__(
@@ -111,6 +112,7 @@ class GroupingStage(nn.Module):
       gumbel_tau=self.gumbel_tau,
       assign_eps=self.assign_eps,
       dtype=self.dtype,
+      assign_scale=self.assign_scale,
       name='downsample',
     )(x, group_tokens, deterministic)
     return x, group_tokens, assignment
@@ -146,6 +148,8 @@ class VisionTower(nn.Module):
   gumbel: bool = True
   gumbel_tau: float = 1.0
   assign_eps: float = 1.0
+  # Multiplies the assignment logits; 1 is the released model (see grouping.AssignAttention).
+  assign_scale: float = 1.0
   drop_path_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
   remat: bool = False  # recompute transformer blocks' activations in the backward pass
@@ -198,6 +202,7 @@ class VisionTower(nn.Module):
         self.assign_eps,
         self.dtype,
         self.remat,
+        self.assign_scale,
         name=f'layers_{i}',
       )(x, group_tokens, deterministic)
       if assignment is not None:
