@@ -42,6 +42,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   )
 
 
+# Decoding processes per host (see the README's input-pipeline figures).
+WORKERS = 32
+
 # CC3M + CC12M + YFCC14M image-text pairs in the released recipe (GROUPVIT_FACTS.md).
 NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203 + 14_615_499
 
@@ -84,7 +87,18 @@ def get_config() -> ml_collections.ConfigDict:
         '/data/yfcc14m/{00000..01888}.tar',
       ),
       context_length=77,
-      num_prompts=3,  # K prompted nouns per caption
+      num_prompts=3,  # K prompted words per caption
+      # The released transform: RandomResizedCrop 224 (scale 0.08..1) and flip, then the DeiT
+      # set: RandAugment rand-m9-mstd0.5-inc1 and random erasing 0.25. timm drops colour
+      # jitter when RandAugment is on, so the released runs had none.
+      image_size=224,
+      min_scale=0.08,
+      randaugment=True,
+      random_erasing=0.25,
+      colour_jitter=0.0,
+      shuffle_buffer=10_000,  # samples, per process
+      cycle_length=4,  # shards read at once, per worker
+      workers=WORKERS,
     )
   )
   config.log_every_steps = 50

@@ -85,6 +85,14 @@ def check(config: Mapping[str, Any]) -> None:
       f'config.data.name is {data.get("name")!r}; expected one of {sorted(train_data.DATA_KEYS)}'
     )
   _check_keys('config.data', data, train_data.DATA_KEYS[data['name']])
+  model = config['model']
+  for data_key, model_key in (('image_size', 'vision'), ('context_length', 'text')):
+    model_value = model.get(model_key, {}).get(data_key)
+    if data_key in data and model_value is not None and data[data_key] != model_value:
+      raise ConfigError(
+        f'config.data.{data_key} ({data[data_key]}) differs from '
+        f'config.model.{model_key}.{data_key} ({model_value}): set both'
+      )
   for name, settings in config.get('evals', {}).items():
     kind = settings.get('type')
     if kind not in evaluators.EVALUATORS:

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from groupvit_jax import config_checks, train
+from input_pipeline import web_pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and pictures.')
@@ -54,7 +55,12 @@ def main(argv):
   )
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_checks.ConfigError, FileNotFoundError, FloatingPointError) as error:
+  except (
+    config_checks.ConfigError,
+    FileNotFoundError,
+    FloatingPointError,
+    web_pipeline.NothingReadable,
+  ) as error:
     sys.exit(f'error: {error}')
 
 

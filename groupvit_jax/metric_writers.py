@@ -95,14 +95,15 @@ def create_writer(workdir: str, resume_step: int | None = None) -> metric_writer
 
 def progress_line(step: int, total_steps: int, seconds_per_step: float, metrics: Mapping) -> str:
   """'step 120/500 (24%) | loss 8.412 | 65.3 samples/s | 1.96 s/step | ETA 12m25s'."""
-  eta = _duration(seconds_per_step * (total_steps - step))
+  eta = format_duration(seconds_per_step * (total_steps - step))
   return (
     f'step {step}/{total_steps} ({100 * step // total_steps}%) | loss {metrics["loss"]:.4f} | '
     f'{metrics["samples_per_second"]:.1f} samples/s | {seconds_per_step:.3g} s/step | ETA {eta}'
   )
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """ "1h05m" or "4m09s"."""
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)

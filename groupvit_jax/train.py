@@ -216,6 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f'config.total_steps ({config.total_steps}) must be a multiple of '
       f'config.optimizer.grad_accum_steps ({accum})'
     )
+  warmup = config.optimizer.warmup_steps
+  if not 0 <= warmup < config.total_steps // accum:
+    raise config_checks.ConfigError(
+      f'config.optimizer.warmup_steps ({warmup}) must be in [0, total_steps / grad_accum_steps '
+      f'= {config.total_steps // accum})'
+    )
   train_data.check_data_config(config.data)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
@@ -277,6 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or step == total:
         seconds_per_step = (time.time() - log_time) / (step - log_step)
         metrics['samples_per_second'] = config.batch_size / seconds_per_step
+        metrics.update(data.counters())
         writer.write_scalars(step, metrics)
         logging.info(metric_writers.progress_line(step, total, seconds_per_step, metrics))
         log_time, log_step = time.time(), step

@@ -3,7 +3,8 @@
 An iterator yields this process's share of each global batch as NumPy arrays,
 'image' uint8 [b, H, W, 3] and 'text' int32 [b, 1 + K, L] (caption, then K prompted nouns),
 and has `get_state()` / `set_state(state)` (JSON-able) so the trainer's checkpoints resume the
-data exactly where they stopped.
+data exactly where they stopped, and `counters()`: counts the trainer logs with its metrics
+(samples skipped as damaged, per reason).
 
   it = create_iterator(config.data, config.batch_size, config.seed)
   batch = next(it)
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from groupvit_jax.tokenizer import tokenize
-from input_pipeline import shards, synthetic, text
+from input_pipeline import image_transforms, shards, synthetic, text, web_pipeline
 
 # Per source (config.data.name): its config keys, True where required.
 DATA_KEYS = {
@@ -30,7 +31,20 @@ DATA_KEYS = {
     'shape_colours': False,
     'caption_attributes': False,
   },
-  'webdataset': {'name': True, 'shards': True, 'context_length': True, 'num_prompts': False},
+  'webdataset': {
+    'name': True,
+    'shards': True,
+    'context_length': True,
+    'num_prompts': False,
+    'image_size': False,
+    'min_scale': False,
+    'randaugment': False,
+    'random_erasing': False,
+    'colour_jitter': False,
+    'shuffle_buffer': False,
+    'cycle_length': False,
+    'workers': False,
+  },
 }
 
 WEBDATASET_LAYOUT = (
@@ -97,6 +111,10 @@ class SyntheticIterator(Iterator[dict]):
   def get_state(self) -> dict:
     return {'step': self.step}
 
+  def counters(self) -> dict[str, int]:
+    """Counts to log with the metrics: none, as synthetic samples are never damaged."""
+    return {}
+
   def set_state(self, state: Mapping[str, Any]) -> None:
     for future in self._pending:
       future.cancel()
@@ -144,4 +162,31 @@ def create_iterator(
       process_index,
       process_count,
     )
-  raise ValueError(f"unknown data source config.data.name={name!r}; expected 'synthetic'")
+  if name == 'webdataset':
+    if global_batch % process_count:
+      raise ValueError(f'batch_size {global_batch} is not divisible by {process_count} processes')
+    defaults = image_transforms.TransformConfig()
+    transform = image_transforms.TransformConfig(
+      image_size=data_config.get('image_size', defaults.image_size),
+      min_scale=data_config.get('min_scale', defaults.min_scale),
+      randaugment=data_config.get('randaugment', defaults.randaugment),
+      random_erasing=data_config.get('random_erasing', defaults.random_erasing),
+      colour_jitter=data_config.get('colour_jitter', defaults.colour_jitter),
+    )
+    pipeline = web_pipeline.PipelineConfig(
+      transform=transform,
+      num_prompts=data_config.get('num_prompts', 3),
+      context_length=data_config['context_length'],
+      shuffle_buffer=data_config.get('shuffle_buffer', 10_000),
+      cycle_length=data_config.get('cycle_length', 4),
+      workers=data_config.get('workers', 0),
+    )
+    paths = shards.expand(data_config['shards'])
+    return web_pipeline.WebDatasetIterator(
+      web_pipeline.build(
+        paths, global_batch // process_count, seed, pipeline, process_index, process_count
+      )
+    )
+  raise ValueError(
+    f"unknown data source config.data.name={name!r}; expected 'synthetic' or 'webdataset'"
+  )

@@ -119,6 +119,7 @@ def test_losses_and_gradients_do_not_depend_on_the_mesh(setup):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, stats0)
 
 
+@pytest.mark.slow  # 64 s; the one-step mesh test above covers the same code in the default run
 def test_losses_over_steps_agree_across_meshes_and_follow_the_schedule(setup):
   model, opt, state = setup
   schedule = optimizer.learning_rate_schedule(1e-3, 1e-4, 1e-5, 2, 10)
@@ -149,6 +150,7 @@ def test_fsdp_shards_parameters_and_optimizer_state(setup):
   )
 
 
+@pytest.mark.slow  # 48 s
 def test_remat_changes_neither_parameters_nor_losses_nor_gradients(setup):
   model, _, state = setup
   remat = checkpoint.build_model(dict(MODEL, remat=True))

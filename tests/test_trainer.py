@@ -144,6 +144,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     (lambda c: setattr(c, 'log_every_steps', 0), 'log_every_steps must be a positive integer'),
     (lambda c: setattr(c.model.vision, 'widht', 3), r'config\.model\.vision\.widht'),
     (lambda c: setattr(c.data, 'name', 'webdatset'), 'config.data.name'),
+    (lambda c: setattr(c.optimizer, 'warmup_steps', 8), r'warmup_steps \(8\) must be in \[0, '),
+    (
+      lambda c: setattr(c.data, 'image_size', 48),
+      r'config\.data\.image_size \(48\) differs from config\.model\.vision\.image_size',
+    ),
   ],
 )
 def test_bad_configs_fail_at_start_up_and_leave_the_workdir_alone(tmp_path, change, message):

@@ -1,0 +1,281 @@
+"""Image decoding and the released recipe's train transform, on the host with Pillow.
+
+  image = decode(data)                      # PIL RGB, or DamagedImage(reason)
+  pixels = train_transform(data, rng, cfg)  # uint8 [224, 224, 3]
+
+The transform is timm's `create_transform` as GroupViT calls it, re-implemented on Pillow:
+RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3), bilinear), horizontal flip p 0.5 and
+the DeiT set: RandAugment 'rand-m9-mstd0.5-inc1' and random erasing p 0.25 in 'pixel' mode.
+timm applies colour jitter only when no RandAugment is given, so the released runs trained
+without it; `TransformConfig.colour_jitter` turns it on explicitly. ImageNet normalisation
+happens on the device (groupvit_jax.image_ops); random erasing therefore paints the uint8
+pixels that normalise to N(0, 1) noise, as timm's erasing does after normalisation.
+
+Speed: the crop box is drawn from the header's size before decoding, so a JPEG decodes at the
+smallest DCT scale (1/2, 1/4, 1/8) that still gives the crop 224 pixels (`Image.draft`), and
+crop and resize are one `Image.resize(box=...)`.
+"""
+
+import dataclasses
+import io
+import math
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The fill of geometric RandAugment ops: the mean in uint8, as timm passes it.
+_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+class DamagedImage(Exception):
+  """An image that cannot be used; `reason` is one of webdataset.SKIP_REASONS."""
+
+  def __init__(self, reason: str, detail: str = ''):
+    super().__init__(f'{reason}: {detail}' if detail else reason)
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+  """The train transform. The defaults are the released recipe."""
+
+  image_size: int = 224
+  min_scale: float = 0.08
+  randaugment: bool = True  # 'rand-m9-mstd0.5-inc1'
+  random_erasing: float = 0.25
+  colour_jitter: float = 0.0  # brightness, contrast and saturation; timm's 0.4 is off with RA
+  dct_scaling: bool = True  # decode JPEGs at a reduced DCT scale when the crop allows
+  # Images with more pixels are skipped as 'image_too_large' before they are decoded.
+  max_pixels: int = 8192 * 8192
+
+
+def open_image(data: bytes | None, max_pixels: int = TransformConfig.max_pixels) -> Image.Image:
+  """The image in `data`, opened (header read, pixels not yet decoded), or DamagedImage."""
+  if data is None:
+    raise DamagedImage('missing_image')
+  if not data:
+    raise DamagedImage('empty_image', 'zero bytes')
+  try:
+    image = Image.open(io.BytesIO(data))
+  except (Image.DecompressionBombError, ValueError) as error:
+    raise DamagedImage('image_too_large', str(error)) from None
+  except Exception as error:  # pylint: disable=broad-except  # Pillow raises many types
+    raise DamagedImage('corrupt_image', f'{type(error).__name__}: {error}') from None
+  width, height = image.size
+  if width == 0 or height == 0:
+    raise DamagedImage('empty_image', f'{width}x{height}')
+  if width * height > max_pixels:
+    raise DamagedImage('image_too_large', f'{width}x{height}')
+  return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Decodes `image` to 8-bit RGB (CMYK, grey, palette, alpha and 16-bit grey included), or
+  DamagedImage for truncated or corrupt data. Alpha is dropped, as `convert('RGB')` does."""
+  try:
+    if image.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+      # 16-bit grey: Pillow's convert would clip at 255, so scale to 8 bits first.
+      array = np.asarray(image, np.uint32 if image.mode == 'I' else np.uint16)
+      shift = 8 if image.mode != 'I' or array.max(initial=0) > 255 else 0
+      image = Image.fromarray((array >> shift).clip(0, 255).astype(np.uint8), 'L')
+    if image.mode == 'RGB':
+      image.load()  # decode here, so that damage is reported here
+      return image
+    return image.convert('RGB')
+  except Exception as error:  # pylint: disable=broad-except
+    raise DamagedImage('corrupt_image', f'{type(error).__name__}: {error}') from None
+
+
+def decode(data: bytes | None, max_pixels: int = TransformConfig.max_pixels) -> Image.Image:
+  """The RGB image in `data`, fully decoded, or DamagedImage."""
+  return to_rgb(open_image(data, max_pixels))
+
+
+def random_resized_crop_box(
+  width: int, height: int, rng: np.random.Generator, min_scale: float = 0.08
+) -> tuple[float, float, float, float]:
+  """torchvision's RandomResizedCrop box (left, top, right, bottom): 10 tries at an area in
+  [min_scale, 1] of the image and a log-uniform aspect ratio in [3/4, 4/3], then a centre crop
+  of the clamped ratio."""
+  area = width * height
+  log_ratio = (math.log(3 / 4), math.log(4 / 3))
+  for _ in range(10):
+    target = area * rng.uniform(min_scale, 1.0)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w = round(math.sqrt(target * ratio))
+    h = round(math.sqrt(target / ratio))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return left, top, left + w, top + h
+  ratio = width / height
+  if ratio < 3 / 4:
+    w, h = width, round(width / (3 / 4))
+  elif ratio > 4 / 3:
+    w, h = round(height * (4 / 3)), height
+  else:
+    w, h = width, height
+  top, left = (height - h) // 2, (width - w) // 2
+  return left, top, left + w, top + h
+
+
+def crop_resize(image: Image.Image, box, size: int, dct_scaling: bool = True) -> Image.Image:
+  """`box` of `image` resized to size x size (bilinear); with `dct_scaling`, a JPEG decodes at
+  the smallest DCT scale that keeps the box at least `size` pixels wide and tall."""
+  left, top, right, bottom = box
+  width, height = image.size
+  if dct_scaling and image.format == 'JPEG' and image.mode in ('RGB', 'L', 'CMYK'):
+    # draft picks the largest reduction whose result is at least the requested size.
+    scale = max(size / (right - left), size / (bottom - top))
+    if scale < 1.0:
+      image.draft('RGB', (math.ceil(width * scale), math.ceil(height * scale)))
+  sx, sy = image.size[0] / width, image.size[1] / height
+  image = to_rgb(image)
+  return image.resize(
+    (size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy)
+  )
+
+
+# RandAugment 'rand-m9-mstd0.5-inc1' as timm defines it: 2 ops drawn with replacement from the
+# 'increasing' set, each applied with probability 0.5 at a magnitude ~ N(9, 0.5) clipped to
+# [0, 10]; signed ops flip their sign with probability 0.5.
+_MAX_LEVEL = 10.0
+
+
+def _signed(value: float, rng: np.random.Generator) -> float:
+  return -value if rng.random() < 0.5 else value
+
+
+def _affine(image: Image.Image, matrix) -> Image.Image:
+  return image.transform(image.size, Image.AFFINE, matrix, Image.BILINEAR, fillcolor=_FILL)
+
+
+def _shear_x(image, level, rng):
+  return _affine(image, (1, _signed(level / _MAX_LEVEL * 0.3, rng), 0, 0, 1, 0))
+
+
+def _shear_y(image, level, rng):
+  return _affine(image, (1, 0, 0, _signed(level / _MAX_LEVEL * 0.3, rng), 1, 0))
+
+
+def _translate_x(image, level, rng):
+  return _affine(image, (1, 0, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[0], 0, 1, 0))
+
+
+def _translate_y(image, level, rng):
+  return _affine(image, (1, 0, 0, 0, 1, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[1]))
+
+
+def _rotate(image, level, rng):
+  degrees = _signed(level / _MAX_LEVEL * 30.0, rng)
+  return image.rotate(degrees, Image.BILINEAR, fillcolor=_FILL)
+
+
+def _enhance(enhancer) -> Callable:
+  def op(image, level, rng):
+    return enhancer(image).enhance(max(0.1, 1.0 + _signed(level / _MAX_LEVEL * 0.9, rng)))
+
+  return op
+
+
+def _posterize(image, level, rng):
+  del rng
+  return ImageOps.posterize(image, 4 - int(level / _MAX_LEVEL * 4))
+
+
+def _solarize(image, level, rng):
+  del rng
+  return ImageOps.solarize(image, 256 - int(level / _MAX_LEVEL * 256))
+
+
+def _solarize_add(image, level, rng):
+  del rng
+  add = int(level / _MAX_LEVEL * 110)
+  lut = [min(255, i + add) if i < 128 else i for i in range(256)] * 3
+  return image.point(lut)
+
+
+RANDAUGMENT_OPS = {
+  'AutoContrast': lambda image, level, rng: ImageOps.autocontrast(image),
+  'Equalize': lambda image, level, rng: ImageOps.equalize(image),
+  'Invert': lambda image, level, rng: ImageOps.invert(image),
+  'Rotate': _rotate,
+  'PosterizeIncreasing': _posterize,
+  'SolarizeIncreasing': _solarize,
+  'SolarizeAdd': _solarize_add,
+  'ColorIncreasing': _enhance(ImageEnhance.Color),
+  'ContrastIncreasing': _enhance(ImageEnhance.Contrast),
+  'BrightnessIncreasing': _enhance(ImageEnhance.Brightness),
+  'SharpnessIncreasing': _enhance(ImageEnhance.Sharpness),
+  'ShearX': _shear_x,
+  'ShearY': _shear_y,
+  'TranslateXRel': _translate_x,
+  'TranslateYRel': _translate_y,
+}
+_OP_NAMES = tuple(RANDAUGMENT_OPS)
+
+
+def randaugment(
+  image: Image.Image,
+  rng: np.random.Generator,
+  num_ops: int = 2,
+  magnitude: float = 9.0,
+  magnitude_std: float = 0.5,
+) -> Image.Image:
+  """RandAugment as timm's 'rand-m9-mstd0.5-inc1' (see RANDAUGMENT_OPS)."""
+  for name in rng.choice(_OP_NAMES, num_ops, replace=True):
+    if rng.random() >= 0.5:
+      continue
+    level = min(max(rng.normal(magnitude, magnitude_std), 0.0), _MAX_LEVEL)
+    image = RANDAUGMENT_OPS[name](image, level, rng)
+  return image
+
+
+def colour_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+  """Brightness, contrast and saturation, each by a factor in [1 - s, 1 + s], in random order."""
+  enhancers = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+  for i in rng.permutation(len(enhancers)):
+    image = enhancers[i](image).enhance(rng.uniform(max(0.0, 1 - strength), 1 + strength))
+  return image
+
+
+def random_erasing(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """timm's RandomErasing(mode='pixel', count 1) on uint8 [H, W, 3], in place: a box of 2% to
+  1/3 of the area, log-uniform aspect in [0.3, 1/0.3], filled with pixels that normalise to
+  N(0, 1) noise (clipped to uint8)."""
+  height, width, _ = pixels.shape
+  area = height * width
+  for _ in range(10):
+    target = area * rng.uniform(0.02, 1 / 3)
+    aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+    h = round(math.sqrt(target * aspect))
+    w = round(math.sqrt(target / aspect))
+    if w < width and h < height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      noise = rng.standard_normal((h, w, 3)) * IMAGENET_STD + IMAGENET_MEAN
+      pixels[top : top + h, left : left + w] = np.clip(np.rint(noise * 255.0), 0, 255)
+      break
+  return pixels
+
+
+def train_transform(
+  data: bytes | None, rng: np.random.Generator, config: TransformConfig = TransformConfig()
+) -> np.ndarray:
+  """Encoded image -> augmented uint8 [S, S, 3], or DamagedImage."""
+  image = open_image(data, config.max_pixels)
+  box = random_resized_crop_box(*image.size, rng, config.min_scale)
+  image = crop_resize(image, box, config.image_size, config.dct_scaling)
+  if rng.random() < 0.5:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  if config.colour_jitter:
+    image = colour_jitter(image, config.colour_jitter, rng)
+  if config.randaugment:
+    image = randaugment(image, rng)
+  pixels = np.array(image, np.uint8)
+  if config.random_erasing and rng.random() < config.random_erasing:
+    random_erasing(pixels, rng)
+  return pixels

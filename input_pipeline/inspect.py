@@ -1,0 +1,185 @@
+"""Check webdataset shards before training on them: speed, damage, captions and token lengths.
+
+  python -m input_pipeline.inspect --shards '/data/cc3m/{00000..00331}.tar' \\
+      [--batches 20] [--batch_size 64] [--workers 0] [--json report.json]
+
+Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's transform) for
+`--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
+its workers used; both after the first batch, which includes start-up), the samples skipped by reason, a few captions with the words and prompts
+made from them, and caption token-length statistics. `--json` writes the same as one object.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+from groupvit_jax import metric_writers
+from input_pipeline import image_transforms, nouns, shards, text, web_pipeline, webdataset
+
+
+def _cpu_seconds() -> float:
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def caption_examples(paths, count: int, seed: int = 0, num_prompts: int = 3) -> list[dict]:
+  """The first `count` readable captions with their words and prompted texts."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for path in paths:
+    for record in webdataset.TarShard(path):
+      if len(out) == count:
+        return out
+      if record['skip'] or record['caption'] is None:
+        continue
+      caption = record['caption'].decode('utf-8', errors='replace').strip()
+      words = nouns.prompt_words(caption)
+      prompts = text.prompted_texts(caption, words, rng, num_prompts)[1:]
+      out.append(
+        {
+          'key': record['key'],
+          'caption': caption,
+          'nouns': nouns.extract_nouns(caption),
+          'prompt_words': words,
+          'prompts': prompts,
+        }
+      )
+  return out
+
+
+def token_length_stats(tokens: np.ndarray) -> dict:
+  """Caption lengths in tokens (with start and end) of int32 [N, L] rows, 0-padded."""
+  lengths = np.count_nonzero(tokens, axis=1)
+  return {
+    'min': int(lengths.min()),
+    'mean': float(lengths.mean()),
+    'p95': float(np.percentile(lengths, 95)),
+    'max': int(lengths.max()),
+    'at_context_length': float(np.mean(lengths == tokens.shape[1])),
+  }
+
+
+def inspect(
+  patterns,
+  batches: int = 20,
+  batch_size: int = 64,
+  workers: int = 0,
+  seed: int = 0,
+  config: web_pipeline.PipelineConfig | None = None,
+  log=print,
+) -> dict:
+  """Runs the pipeline over the shards `patterns` name and returns the report (see --json)."""
+  paths = shards.expand(patterns)
+  absent = shards.missing(paths)
+  if not paths or len(absent) == len(paths):
+    raise FileNotFoundError(f'no shard files found for {patterns!r}')
+  if absent:
+    log(f'warning: {len(absent)} of {len(paths)} shard files are missing (first: {absent[0]})')
+  config = config or web_pipeline.PipelineConfig(workers=workers)
+  iterator = web_pipeline.WebDatasetIterator(
+    web_pipeline.build(paths, batch_size, seed, config, num_epochs=1)
+  )
+  samples, caption_tokens = 0, []
+  # Rates leave out the first batch, which also loads the tagger and tokenizer and starts the
+  # workers; `seconds` counts everything.
+  cpu_at_start, start = _cpu_seconds(), time.time()
+  warm = None  # (time, CPU seconds, samples) after the first batch
+  try:
+    for done in range(1, batches + 1):
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        log('the shards ran out: one epoch read')
+        break
+      samples += len(batch['image'])
+      caption_tokens.append(batch['text'][:, 0])
+      if warm is None:
+        warm = (time.time(), _cpu_seconds(), samples)
+      elapsed = time.time() - start
+      eta = metric_writers.format_duration(elapsed / done * (batches - done))
+      log(f'batch {done}/{batches} | {samples / elapsed:.1f} samples/s | ETA {eta}')
+  finally:
+    iterator.close()
+  seconds = time.time() - start
+  if warm is None or samples == warm[2]:  # one batch only: rate over everything
+    warm = (start, cpu_at_start, 0)
+  timed = samples - warm[2]
+  wall = max(time.time() - warm[0], 1e-9)
+  cpu = max(_cpu_seconds() - warm[1], 1e-9)
+  counters = iterator.counters()
+  report = {
+    'shards': len(paths),
+    'missing_shards': len(absent),
+    'samples': samples,
+    'skipped': counters['skipped'],
+    'skipped_by_reason': {r: counters[f'skipped_{r}'] for r in webdataset.SKIP_REASONS},
+    'seconds': seconds,
+    'samples_per_second': timed / wall,
+    'cpu_seconds': cpu,
+    'samples_per_second_per_core': timed / cpu,
+    'token_length': token_length_stats(np.concatenate(caption_tokens)) if caption_tokens else {},
+    'examples': caption_examples(paths, 5, seed, config.num_prompts),
+  }
+  return report
+
+
+def _print_report(report: dict) -> None:
+  print(
+    f'{report["samples"]} samples in {report["seconds"]:.1f} s; after the first batch '
+    f'{report["samples_per_second"]:.1f} samples/s, '
+    f'{report["samples_per_second_per_core"]:.1f} per CPU core'
+  )
+  print(
+    f'skipped {report["skipped"]}:', {k: v for k, v in report['skipped_by_reason'].items() if v}
+  )
+  if report['token_length']:
+    print('caption tokens:', {k: round(v, 2) for k, v in report['token_length'].items()})
+  for example in report['examples']:
+    print(f'- {example["caption"]!r}\n  nouns {example["nouns"]}; prompts {example["prompts"]}')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+    prog='python -m input_pipeline.inspect', description=__doc__.split('\n')[0]
+  )
+  parser.add_argument('--shards', required=True, nargs='+', help='brace patterns or globs')
+  parser.add_argument('--batches', type=int, default=20)
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--workers', type=int, default=0, help='decoding processes (0: this one)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--no_deit', action='store_true', help='crop and flip only')
+  parser.add_argument('--json', help='write the report here')
+  args = parser.parse_args(argv)
+  transform = image_transforms.TransformConfig()
+  if args.no_deit:
+    transform = image_transforms.TransformConfig(randaugment=False, random_erasing=0.0)
+  config = web_pipeline.PipelineConfig(transform=transform, workers=args.workers)
+  try:
+    report = inspect(
+      args.shards,
+      args.batches,
+      args.batch_size,
+      args.workers,
+      args.seed,
+      config,
+      log=lambda line: print(line, file=sys.stderr),
+    )
+  except (FileNotFoundError, ValueError, web_pipeline.NothingReadable) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  _print_report(report)
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

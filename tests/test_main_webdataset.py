@@ -1,0 +1,73 @@
+"""`main` with the paper's config pointed at local webdataset shards, the model shrunk."""
+
+import json
+import os
+
+from tests import cli
+from tests import shard_fixtures as fx
+
+SHRINK = (
+  '--config.model.vision.image_size=32',
+  '--config.model.vision.patch_size=8',
+  '--config.model.vision.width=32',
+  '--config.model.vision.depths=(1,1,1)',
+  '--config.model.vision.num_heads=2',
+  '--config.model.vision.num_group_tokens=(8,4,0)',
+  '--config.model.vision.num_output_groups=(8,4)',
+  '--config.model.text.context_length=16',
+  '--config.model.text.width=32',
+  '--config.model.text.depth=1',
+  '--config.model.text.num_heads=2',
+  '--config.model.embed_dim=32',
+  '--config.model.projection_hidden_dim=64',
+  '--config.model.dtype=float32',
+  '--config.data.image_size=32',
+  '--config.data.context_length=16',
+  '--config.data.shuffle_buffer=16',
+  '--config.data.workers=0',
+  '--config.batch_size=8',
+  '--config.total_steps=3',
+  '--config.optimizer.warmup_steps=1',
+  '--config.log_every_steps=1',
+  '--config.checkpoint_every_steps=3',
+)
+
+
+def test_paper_config_trains_on_local_shards_and_counts_damage(tmp_path):
+  cc3m = fx.write_good_shards(str(tmp_path / 'cc3m'), 2, 6)
+  fx.write_good_shards(str(tmp_path / 'cc12m'), 1, 6, start=12)
+  broken = tmp_path / 'cc12m' / '00001.tar'
+  broken.write_bytes(b'not a tar file')
+  workdir = tmp_path / 'run'
+  result = cli.run(
+    'groupvit_jax.main',
+    '--config=configs/cc_yfcc_2stage.py',
+    f'--workdir={workdir}',
+    f'--config.data.shards=("{os.path.dirname(cc3m[0])}/{{00000..00001}}.tar",'
+    f'"{tmp_path}/cc12m/{{00000..00001}}.tar")',
+    *SHRINK,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['step'] for r in rows] == [1, 2, 3]
+  assert all(r['loss'] > 0 for r in rows)
+  # 3 steps of 8 take more than the 18 good samples of an epoch, so every shard was opened.
+  assert rows[-1]['skipped_unreadable_shard'] >= 1
+  assert rows[-1]['skipped'] == rows[-1]['skipped_unreadable_shard']
+  assert os.path.isdir(workdir / 'checkpoints' / '3')
+
+
+def test_unreadable_data_stops_with_a_clear_error(tmp_path):
+  for i in range(2):
+    (tmp_path / f'{i:05d}.tar').write_bytes(b'downloaded html error page')
+  result = cli.run(
+    'groupvit_jax.main',
+    '--config=configs/cc_yfcc_2stage.py',
+    f'--workdir={tmp_path / "run"}',
+    f'--config.data.shards=("{tmp_path}/{{00000..00001}}.tar",)',
+    *SHRINK,
+  )
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'unreadable_shard' in last, last
