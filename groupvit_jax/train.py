@@ -263,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = _Preemption()
   last_saved = step if restored is not None else None
   log_time, log_step = time.time(), step
+  logged_counters = data.counters()
   metrics = {}
   try:
     while step < total:
@@ -283,10 +284,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or step == total:
         seconds_per_step = (time.time() - log_time) / (step - log_step)
         metrics['samples_per_second'] = config.batch_size / seconds_per_step
-        metrics.update(data.counters())
+        counters = data.counters()
+        metrics.update(counters)
         writer.write_scalars(step, metrics)
         logging.info(metric_writers.progress_line(step, total, seconds_per_step, metrics))
-        log_time, log_step = time.time(), step
+        new_skips = {
+          k: v - logged_counters.get(k, 0)
+          for k, v in counters.items()
+          if k.startswith('skipped_') and v != logged_counters.get(k, 0)
+        }
+        if new_skips:
+          logging.warning('skipped damaged samples since step %d: %s', log_step, new_skips)
+        log_time, log_step, logged_counters = time.time(), step, counters
       if step % config.checkpoint_every_steps == 0 or step == total:
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
@@ -310,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
   finally:
     preemption.close()
+    data.close()
     manager.wait_until_finished()
     manager.close()
     writer.flush()

@@ -4,7 +4,7 @@ An iterator yields this process's share of each global batch as NumPy arrays,
 'image' uint8 [b, H, W, 3] and 'text' int32 [b, 1 + K, L] (caption, then K prompted nouns),
 and has `get_state()` / `set_state(state)` (JSON-able) so the trainer's checkpoints resume the
 data exactly where they stopped, and `counters()`: counts the trainer logs with its metrics
-(samples skipped as damaged, per reason).
+(samples skipped as damaged, per reason), and `close()` to stop its threads or processes.
 
   it = create_iterator(config.data, config.batch_size, config.seed)
   batch = next(it)
@@ -114,6 +114,9 @@ class SyntheticIterator(Iterator[dict]):
   def counters(self) -> dict[str, int]:
     """Counts to log with the metrics: none, as synthetic samples are never damaged."""
     return {}
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     for future in self._pending:
