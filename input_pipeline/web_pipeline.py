@@ -31,7 +31,7 @@ from input_pipeline import image_transforms, nouns, text, webdataset
 from input_pipeline.webdataset import SKIP_REASONS
 
 # The data is unreadable when, with no good sample between them, this many damaged samples
-# come in a row, or every shard of an epoch fails to open.
+# come in a row, or shards fail to open many times over (see `build`).
 MAX_CONSECUTIVE_SKIPS = 10_000
 
 
@@ -79,11 +79,11 @@ class _BatchIterator(grain.DatasetIterator):
     parent: grain.DatasetIterator,
     batch_size: int,
     config: PipelineConfig,
-    shards_per_epoch: int,
+    max_failed_shards: int,
   ):
     super().__init__(parent)
     self._batch_size = batch_size
-    self._shards_per_epoch = shards_per_epoch
+    self._max_failed_shards = max_failed_shards
     size = config.transform.image_size
     self._empty = {
       'image': np.zeros((0, size, size, 3), np.uint8),
@@ -109,7 +109,7 @@ class _BatchIterator(grain.DatasetIterator):
       skipped[SKIP_REASONS.index(example['skip'])] += 1
       in_a_row += 1
       shards_failed += example['skip'] == 'unreadable_shard'
-      if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._shards_per_epoch:
+      if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._max_failed_shards:
         counts = {r: int(n) for r, n in zip(SKIP_REASONS, skipped) if n}
         raise NothingReadable(
           f'{in_a_row} samples in a row could not be used ({counts}): check config.data.shards '
@@ -134,16 +134,20 @@ class _Batches(grain.IterDataset):
   """Batches of good examples; 'skipped' counts the damaged ones dropped on the way."""
 
   def __init__(
-    self, parent: grain.IterDataset, batch_size: int, config: PipelineConfig, shards: int
+    self,
+    parent: grain.IterDataset,
+    batch_size: int,
+    config: PipelineConfig,
+    max_failed_shards: int,
   ):
     super().__init__(parent)
     self._batch_size = batch_size
     self._config = config
-    self._shards_per_epoch = shards  # read by this iterator, at least
+    self._max_failed_shards = max_failed_shards
 
   def __iter__(self) -> _BatchIterator:
     return _BatchIterator(
-      self._parent.__iter__(), self._batch_size, self._config, self._shards_per_epoch
+      self._parent.__iter__(), self._batch_size, self._config, self._max_failed_shards
     )
 
 
@@ -183,9 +187,11 @@ def build(
       seed=seed + process_index,
     )
   examples = samples.map(functools.partial(make_example, seed=seed, config=config))
-  # Each worker of each process reads at least this many shards per epoch.
-  shards_per_worker = max(1, len(paths) // (process_count * max(1, config.workers)))
-  batches = _Batches(examples, batch_size, config, shards_per_worker)
+  # A worker sees a random shard of its process's list at a time, so it gives up after 16x as
+  # many unreadable shards in a row as the list is long: with every shard broken that takes
+  # seconds; with even one readable shard, a false alarm has odds below (1 - 1/N)^16N < 1e-6.
+  shards_per_process = max(1, len(paths) // process_count)
+  batches = _Batches(examples, batch_size, config, 16 * shards_per_process)
   if config.workers:
     # grain's workers read absl flags, unparsed when not started by absl.app (tests, tools).
     if not flags.FLAGS.is_parsed():

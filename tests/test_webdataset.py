@@ -148,3 +148,18 @@ def test_tar_shard_state_is_a_byte_offset(tmp_path):
   assert (
     [r['key'] for r in again] == [r['key'] for r in rest] == ['000000002', '000000003', '000000004']
   )
+
+
+def test_one_broken_shard_among_few_is_not_nothing_readable(tmp_path):
+  # Three shards, three workers: in every epoch one worker's only shard is the broken one.
+  paths = fx.write_good_shards(str(tmp_path), 2, 4)
+  broken = tmp_path / 'broken.tar'
+  broken.write_bytes(b'<html>404</html>')
+  config = web_pipeline.PipelineConfig(
+    transform=PLAIN.transform, context_length=16, shuffle_buffer=4, workers=3
+  )
+  iterator = web_pipeline.WebDatasetIterator(
+    web_pipeline.build(paths + [str(broken)], 4, 0, config)
+  )
+  assert len(_batches(iterator, 4)) == 4
+  iterator.close()
