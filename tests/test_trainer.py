@@ -115,6 +115,9 @@ def test_interrupted_runs_log_the_same_losses_as_an_uninterrupted_one(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, ref_vars, got_vars)
 
 
+# 65 s: slow set, to keep CI under 20 minutes; tests/test_train_step.py checks in the default
+# set that a non-finite step leaves the state unchanged.
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   original = train.loss_and_grads
 
