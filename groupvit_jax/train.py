@@ -205,23 +205,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model/ (a groupvit_jax checkpoint for groupvit_jax.load) and pictures/.
   """
   config_checks.check(config)
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_size(config.batch_size, mesh)
-  except ValueError as error:
-    raise config_checks.ConfigError(str(error)) from None
   accum = config.optimizer.get('grad_accum_steps', 1)
   if config.total_steps % accum:
     raise config_checks.ConfigError(
       f'config.total_steps ({config.total_steps}) must be a multiple of '
       f'config.optimizer.grad_accum_steps ({accum})'
     )
-  warmup = config.optimizer.warmup_steps
-  if not 0 <= warmup < config.total_steps // accum:
-    raise config_checks.ConfigError(
-      f'config.optimizer.warmup_steps ({warmup}) must be in [0, total_steps / grad_accum_steps '
-      f'= {config.total_steps // accum})'
-    )
+  try:
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(config.batch_size, mesh)
+    # Checks the schedule (warm-up shorter than the run) before anything is written.
+    schedule = optimizers.schedule_from_config(config.optimizer, config.total_steps // accum)
+  except ValueError as error:
+    raise config_checks.ConfigError(str(error)) from None
   train_data.check_data_config(config.data)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
@@ -229,7 +225,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_config = config.model.to_dict()
   model = checkpoint.build_model(model_config)
   optimizer = optimizers.make_optimizer(config.optimizer, config.total_steps // accum)
-  schedule = optimizers.schedule_from_config(config.optimizer, config.total_steps // accum)
   init = functools.partial(create_train_state, model, optimizer, config.seed)
   state_shapes = jax.eval_shape(init)
   shardings = state_shardings(mesh, state_shapes)

@@ -69,9 +69,8 @@ def inspect(
   patterns,
   batches: int = 20,
   batch_size: int = 64,
-  workers: int = 0,
   seed: int = 0,
-  config: web_pipeline.PipelineConfig | None = None,
+  config: web_pipeline.PipelineConfig = web_pipeline.PipelineConfig(),
   log=print,
 ) -> dict:
   """Runs the pipeline over the shards `patterns` name and returns the report (see --json)."""
@@ -81,7 +80,6 @@ def inspect(
     raise FileNotFoundError(f'no shard files found for {patterns!r}')
   if absent:
     log(f'warning: {len(absent)} of {len(paths)} shard files are missing (first: {absent[0]})')
-  config = config or web_pipeline.PipelineConfig(workers=workers)
   iterator = web_pipeline.WebDatasetIterator(
     web_pipeline.build(paths, batch_size, seed, config, num_epochs=1)
   )
@@ -165,7 +163,6 @@ def main(argv=None) -> int:
       args.shards,
       args.batches,
       args.batch_size,
-      args.workers,
       args.seed,
       config,
       log=lambda line: print(line, file=sys.stderr),

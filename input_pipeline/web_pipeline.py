@@ -74,27 +74,15 @@ def make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
 
 
 class _BatchIterator(grain.DatasetIterator):
-  def __init__(
-    self,
-    parent: grain.DatasetIterator,
-    batch_size: int,
-    config: PipelineConfig,
-    max_failed_shards: int,
-  ):
+  def __init__(self, parent: grain.DatasetIterator, batches: '_Batches'):
     super().__init__(parent)
-    self._batch_size = batch_size
-    self._max_failed_shards = max_failed_shards
-    size = config.transform.image_size
-    self._empty = {
-      'image': np.zeros((0, size, size, 3), np.uint8),
-      'text': np.zeros((0, 1 + config.num_prompts, config.context_length), np.int32),
-    }
+    self._batches = batches
 
   def __next__(self) -> dict:
     examples = []
     skipped = np.zeros(len(SKIP_REASONS), np.int64)
     in_a_row = shards_failed = 0
-    while len(examples) < self._batch_size:
+    while len(examples) < self._batches.batch_size:
       try:
         example = next(self._parent)
       except StopIteration:
@@ -109,14 +97,14 @@ class _BatchIterator(grain.DatasetIterator):
       skipped[SKIP_REASONS.index(example['skip'])] += 1
       in_a_row += 1
       shards_failed += example['skip'] == 'unreadable_shard'
-      if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._max_failed_shards:
+      if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._batches.max_failed_shards:
         counts = {r: int(n) for r, n in zip(SKIP_REASONS, skipped) if n}
         raise NothingReadable(
           f'{in_a_row} samples in a row could not be used ({counts}): check config.data.shards '
           'and the shard files (python -m input_pipeline.inspect --shards ...)'
         )
     if not examples:
-      return {**self._empty, 'skipped': skipped}
+      return {**self._batches.empty, 'skipped': skipped}
     return {
       'image': np.stack([e['image'] for e in examples]),
       'text': np.stack([e['text'] for e in examples]),
@@ -141,14 +129,17 @@ class _Batches(grain.IterDataset):
     max_failed_shards: int,
   ):
     super().__init__(parent)
-    self._batch_size = batch_size
-    self._config = config
-    self._max_failed_shards = max_failed_shards
+    self.batch_size = batch_size
+    self.max_failed_shards = max_failed_shards
+    size = config.transform.image_size
+    # What a batch of no examples holds: the end of a finite stream, with only skip counts.
+    self.empty = {
+      'image': np.zeros((0, size, size, 3), np.uint8),
+      'text': np.zeros((0, 1 + config.num_prompts, config.context_length), np.int32),
+    }
 
   def __iter__(self) -> _BatchIterator:
-    return _BatchIterator(
-      self._parent.__iter__(), self._batch_size, self._config, self._max_failed_shards
-    )
+    return _BatchIterator(self._parent.__iter__(), self)
 
 
 def _open_shard(

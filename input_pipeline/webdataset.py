@@ -122,15 +122,17 @@ class _TarShardIterator(grain.DatasetIterator):
         if clean:
           raise StopIteration
         return skip_record('truncated_shard', self._position, self._index)
-      key, _ = split_name(member.name)
+      key = split_name(member.name)[0]
       record = {'key': key, 'image': None, 'caption': None}
-      while member is not None and split_name(member.name)[0] == key:
-        extension = split_name(member.name)[1]
-        data = self._tar.extractfile(member).read()
+      while member is not None:
+        member_key, extension = split_name(member.name)
+        if member_key != key:
+          break
+        # Other members (KEY.json) are passed over unread.
         if extension in IMAGE_EXTENSIONS:
-          record['image'] = data
+          record['image'] = self._tar.extractfile(member).read()
         elif extension == CAPTION_EXTENSION:
-          record['caption'] = data
+          record['caption'] = self._tar.extractfile(member).read()
         member = self._next_member()
     except (OSError, tarfile.TarError, EOFError):
       self._finish()
