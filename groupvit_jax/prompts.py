@@ -91,3 +91,15 @@ IMAGENET_TEMPLATES = (
 )
 
 SIMPLE_TEMPLATES = ('a photo of a {}.',)
+
+# The seven templates CLIP's sequential forward selection chose, as GroupViT's released ImageNet
+# evaluation uses them: its second reads 'a bad photo of a {}.' where CLIP's reads '... the {}.'.
+SUBSET_TEMPLATES = (
+  'itap of a {}.',
+  'a bad photo of a {}.',
+  'a origami {}.',
+  'a photo of the large {}.',
+  'a {} in a video game.',
+  'art of the {}.',
+  'a photo of the small {}.',
+)

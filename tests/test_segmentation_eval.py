@@ -95,7 +95,7 @@ def test_top5_masking_with_seven_classes():
   assert (got[..., ~keep] == 0).all()
 
 
-def test_sliding_window_averages_overlaps():
+def test_sliding_windows_average_overlaps():
   h, w, window, stride = 10, 13, 6, 4
   images = np.random.default_rng(3).normal(size=(2, h, w, 3)).astype(np.float32)
 
@@ -104,10 +104,13 @@ def test_sliding_window_averages_overlaps():
     ramp = np.arange(ch)[:, None] + 10 * np.arange(cw)[None, :]
     return np.stack([crops[..., 0] * ramp, crops[..., 1] + ramp], axis=1)  # [B, 2, h, w]
 
-  got = zss.sliding_window_logits(fn, images, window, stride)
+  boxes = zss.window_boxes(h, w, window, stride)
+  scores = np.stack([fn(images[:, t:b, l:r]) for t, l, b, r in boxes])  # [K, B, 2, h, w]
+  got = zss.average_windows(scores, boxes, (h, w))
   # Independent count: window origins every `stride`, the last shifted back to fit.
   ys = sorted({min(y, h - window) for y in range(0, h - window + stride, stride)})
   xs = sorted({min(x, w - window) for x in range(0, w - window + stride, stride)})
+  assert sorted(boxes) == [(y, x, y + window, x + window) for y in ys for x in xs]
   total, count = np.zeros((2, 2, h, w)), np.zeros((h, w))
   for y in ys:
     for x in xs:
@@ -116,8 +119,9 @@ def test_sliding_window_averages_overlaps():
   assert count.min() >= 1 and count.max() > 1
   np.testing.assert_allclose(got, total / count, rtol=1e-5, atol=1e-5)
 
-  # A window larger than the image is one crop: the scores are fn's own.
-  np.testing.assert_allclose(zss.sliding_window_logits(fn, images, 448, 224), fn(images))
+  # A window larger than the image is one crop, the whole image; a short side, one row.
+  assert zss.window_boxes(h, w, 448, 224) == ((0, 0, h, w),)
+  assert zss.window_boxes(448, 600, 448, 224) == ((0, 0, 448, 448), (0, 152, 448, 600))
 
 
 def test_run_end_to_end_on_tiny_random_model(tmp_path):

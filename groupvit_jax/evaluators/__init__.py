@@ -6,10 +6,16 @@ has `run(inference) -> {metric: float}` and `write_pictures(inference, directory
 
 from typing import Any, Mapping
 
-from groupvit_jax.evaluators import synthetic_segmentation
+from groupvit_jax.evaluators import (
+  synthetic_segmentation,
+  zero_shot_classification,
+  zero_shot_segmentation,
+)
 
 EVALUATORS = {
   'synthetic_segmentation': synthetic_segmentation.SyntheticSegmentation,
+  'zero_shot_segmentation': zero_shot_segmentation.ZeroShotSegmentation,
+  'zero_shot_classification': zero_shot_classification.ZeroShotClassification,
 }
 
 

@@ -5,6 +5,8 @@
   context      VOCdevkit/VOC2010/{JPEGImages/*.jpg, SegmentationClassContext/*.png (0..59),
                ImageSets/SegmentationContext/val.txt}
   coco_object  coco/{images/val2017/*.jpg, annotations/val2017/*_instanceTrainIds.png (0..80)}
+               (evaluators/coco_object.py writes these masks from COCO's annotations)
+  imagenet     val/<wordnet id>/*.JPEG, one folder per class (n01440764 ...): open_imagenet
 
 `data_dir` may be the dataset's own directory (e.g. .../VOCdevkit/VOC2012) or any directory
 above it on that path (e.g. the one holding VOCdevkit). Class names and background thresholds
@@ -14,11 +16,19 @@ are the released evaluation's (GROUPVIT_FACTS.md); label 255 is ignored.
   image, mask = dataset.load(0)  # uint8 [H, W, 3], int32 [H, W]
 """
 
+import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import os
+import re
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
+
+from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
+from input_pipeline import image_transforms
 
 VOC_CLASSES = (
   'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -82,6 +92,17 @@ class LayoutError(FileNotFoundError):
   """A dataset directory that does not have the expected layout."""
 
 
+def read_image(path: str) -> np.ndarray:
+  """The image file at `path` as uint8 RGB [H, W, 3] (grey, palette, CMYK, alpha and 16-bit
+  images converted); a ValueError naming the file if it cannot be decoded."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return np.asarray(image_transforms.decode(data))
+  except image_transforms.DamagedImage as error:
+    raise ValueError(f'{path}: not a readable image ({error})') from None
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentationDataset:
   """Image and mask paths of one split, with the classes and threshold to evaluate it with."""
@@ -99,8 +120,7 @@ class SegmentationDataset:
 
   def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], mask int32 [H, W]) of example `index`."""
-    with Image.open(self.images[index]) as image:
-      pixels = np.asarray(image.convert('RGB'))
+    pixels = read_image(self.images[index])
     with Image.open(self.masks[index]) as mask:
       labels = np.asarray(mask, np.int32)  # palette PNGs read as their indices
     if labels.shape != pixels.shape[:2]:
@@ -129,11 +149,16 @@ def _expected(layout: Layout) -> str:
   )
 
 
-def open_dataset(name: str, data_dir: str) -> SegmentationDataset:
-  """The evaluation split of `name` ('voc', 'context', 'coco_object') under `data_dir`; a
-  LayoutError names whatever is missing."""
+DATASETS = ('voc', 'context', 'coco_object', 'imagenet')
+
+
+def open_dataset(name: str, data_dir: str):
+  """The evaluation split of `name` (one of DATASETS) under `data_dir`: a SegmentationDataset,
+  or for 'imagenet' a ClassificationDataset. A LayoutError names whatever is missing."""
+  if name == 'imagenet':
+    return open_imagenet(data_dir)
   if name not in LAYOUTS:
-    raise ValueError(f'unknown dataset {name!r}; expected one of {sorted(LAYOUTS)}')
+    raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(DATASETS)}')
   layout = LAYOUTS[name]
   root = _find_root(data_dir, layout)
   needed = [layout.images, layout.masks] + ([layout.split] if layout.split else [])
@@ -168,3 +193,92 @@ def open_dataset(name: str, data_dir: str) -> SegmentationDataset:
   return SegmentationDataset(
     name, root, ids, images, masks, layout.class_names, layout.background_threshold
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationDataset:
+  """Image paths of a class-folder split with their labels and the classes' prompt names."""
+
+  name: str
+  root: str
+  images: tuple[str, ...]
+  labels: tuple[int, ...]
+  class_names: tuple[str, ...]
+
+  @property
+  def ids(self) -> tuple[str, ...]:
+    """'<class folder>/<file name without extension>' per image."""
+    return tuple(os.path.splitext(os.path.relpath(p, self.root))[0] for p in self.images)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def load(self, index: int) -> tuple[np.ndarray, int]:
+    """(image uint8 [H, W, 3], label) of example `index`."""
+    return read_image(self.images[index]), self.labels[index]
+
+
+IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.webp', '.bmp')
+_WORDNET_ID = re.compile(r'n\d{8}')
+
+
+def _class_folders(directory: str) -> list[str]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(
+    n
+    for n in os.listdir(directory)
+    if _WORDNET_ID.fullmatch(n) and os.path.isdir(os.path.join(directory, n))
+  )
+
+
+def open_imagenet(data_dir: str) -> ClassificationDataset:
+  """ImageNet's validation split as 1000 class folders named by WordNet id, in `data_dir`,
+  `data_dir/val` or `data_dir/imagenet/val`; classes in sorted folder order, which is the
+  order of IMAGENET_CLASSES. A LayoutError names what is missing."""
+  candidates = [data_dir, os.path.join(data_dir, 'val'), os.path.join(data_dir, 'imagenet', 'val')]
+  root = next((c for c in candidates if _class_folders(c)), None)
+  if root is None:
+    raise LayoutError(
+      f'imagenet: no class folders (n01440764, ...) in {", ".join(candidates)}; expected the '
+      'validation images sorted into one folder per class'
+    )
+  folders = _class_folders(root)
+  if len(folders) != len(IMAGENET_CLASSES):
+    raise LayoutError(
+      f'imagenet: {root} has {len(folders)} class folders, expected {len(IMAGENET_CLASSES)} '
+      f'(first: {folders[0]}, last: {folders[-1]}); the split is incomplete'
+    )
+  images, labels = [], []
+  for label, folder in enumerate(folders):
+    names = sorted(
+      n for n in os.listdir(os.path.join(root, folder)) if n.lower().endswith(IMAGE_SUFFIXES)
+    )
+    if not names:
+      raise LayoutError(f'imagenet: class folder {os.path.join(root, folder)} has no images')
+    images += [os.path.join(root, folder, n) for n in names]
+    labels += [label] * len(names)
+  return ClassificationDataset('imagenet', root, tuple(images), tuple(labels), IMAGENET_CLASSES)
+
+
+def subset(num_examples: int, max_examples: int | None) -> list[int]:
+  """All indices, or `max_examples` of them evenly spread over the split (every class of a
+  class-sorted split is then represented)."""
+  if not max_examples or max_examples >= num_examples:
+    return list(range(num_examples))
+  return sorted({int(i) for i in np.linspace(0, num_examples - 1, max_examples).round()})
+
+
+def prefetch(load: Callable[[int], Any], indices: Iterable[int], workers: int = 8) -> Iterator:
+  """load(i) for each index, in order, computed by `workers` threads up to 4 * workers ahead
+  (decoding and resizing in Pillow release the GIL)."""
+  indices = iter(indices)
+  with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:
+    pending = collections.deque(
+      pool.submit(load, i) for i in itertools.islice(indices, 4 * workers)
+    )
+    while pending:
+      result = pending.popleft().result()
+      for i in itertools.islice(indices, 1):
+        pending.append(pool.submit(load, i))
+      yield result

@@ -23,7 +23,7 @@ def confusion_matrix(pred, label, num_classes: int, ignore_index: int = 255) -> 
 
 
 def segmentation_metrics(conf: np.ndarray, class_names: Sequence[str]) -> dict:
-  """mIoU, mAcc, aAcc (fractions) and per-class IoU from a summed confusion matrix.
+  """mIoU, mAcc, aAcc (fractions), per-class IoU and accuracy from a summed confusion matrix.
 
   As in mmseg, a class's IoU is NaN when it is absent from both prediction and ground truth,
   its accuracy NaN when absent from the ground truth; means skip NaNs.
@@ -43,4 +43,5 @@ def segmentation_metrics(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     'macc': float(np.nanmean(acc)) if np.isfinite(acc).any() else float('nan'),
     'aacc': float(tp.sum() / total) if total else float('nan'),
     'per_class': {name: float(v) for name, v in zip(class_names, iou)},
+    'per_class_acc': {name: float(v) for name, v in zip(class_names, acc)},
   }

@@ -7,14 +7,17 @@ resized to the original image, and the argmax is scored with mmseg's metrics.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import interpolation
-from groupvit_jax.evaluators import metrics
+from groupvit_jax import interpolation, visualize
+from groupvit_jax.evaluators import datasets, metrics
+from groupvit_jax.inference import check_images
+from groupvit_jax.progress import Progress
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
 
 
@@ -54,16 +57,6 @@ def stage_group_maps(
     )
     for i in range(len(assignments_soft))
   ]
-
-
-def class_embeddings(
-  model_inference, class_names: Sequence[str], templates: Sequence[str] = SIMPLE_TEMPLATES
-) -> np.ndarray:
-  """One L2-normalised text embedding per class [C, E], averaged over the templates."""
-  texts = [t.format(name) for name in class_names for t in templates]
-  emb = np.asarray(model_inference.encode_text(texts), np.float32)
-  emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)  # [C, E]
-  return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
 def group_class_scores(
@@ -117,32 +110,32 @@ def segment_scores(
   return pixel_scores(group_map, scores, background_threshold)
 
 
-def segment(*args, **kwargs) -> jax.Array:
-  """segment_scores' argmax: label maps [B, H, W] int32."""
-  return jnp.argmax(segment_scores(*args, **kwargs), axis=1).astype(jnp.int32)
-
-
-def sliding_window_logits(
-  fn: Callable[[np.ndarray], Any], images: np.ndarray, window: int = 448, stride: int = 224
-) -> np.ndarray:
-  """mmseg's slide inference: `fn` maps crops [B, h, w, 3] to scores [B, C, h, w]; images
-  [B, H, W, 3] -> scores [B, C, H, W], averaged where windows overlap.
+def window_boxes(
+  h: int, w: int, window: int = 448, stride: int = 224
+) -> tuple[tuple[int, int, int, int], ...]:
+  """mmseg's slide-inference windows over an h x w image, (top, left, bottom, right) each.
 
   Windows past the edge are shifted back inside; a side shorter than the window is one crop.
   """
-  _, h, w, _ = images.shape
   rows = max(h - window + stride - 1, 0) // stride + 1
   cols = max(w - window + stride - 1, 0) // stride + 1
-  total, count = None, np.zeros((h, w), np.float32)
+  boxes = []
   for r in range(rows):
     for c in range(cols):
-      y2, x2 = min(r * stride + window, h), min(c * stride + window, w)
-      y1, x1 = max(y2 - window, 0), max(x2 - window, 0)
-      scores = np.asarray(fn(images[:, y1:y2, x1:x2]), np.float32)
-      if total is None:
-        total = np.zeros(scores.shape[:2] + (h, w), np.float32)
-      total[:, :, y1:y2, x1:x2] += scores
-      count[y1:y2, x1:x2] += 1
+      bottom, right = min(r * stride + window, h), min(c * stride + window, w)
+      boxes.append((max(bottom - window, 0), max(right - window, 0), bottom, right))
+  return tuple(boxes)
+
+
+def average_windows(window_scores: jax.Array, boxes, hw: tuple[int, int]) -> jax.Array:
+  """Each window's scores [K, B, C, h, w] -> the image's [B, C, H, W], averaged where the
+  K windows (`boxes`, as window_boxes gives them) overlap."""
+  window_scores = jnp.asarray(window_scores)
+  total = jnp.zeros(window_scores.shape[1:3] + tuple(hw), window_scores.dtype)
+  count = np.zeros(hw, np.float32)
+  for scores, (top, left, bottom, right) in zip(window_scores, boxes):
+    total = total.at[:, :, top:bottom, left:right].add(scores)
+    count[top:bottom, left:right] += 1
   return total / count
 
 
@@ -152,22 +145,159 @@ def rescale_size(h: int, w: int, short_side: int, max_long_side: int = 2048) -> 
   return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
-@functools.partial(jax.jit, static_argnames=('grid', 'out_hw', 'background_threshold'))
-def _window_scores(
+@functools.partial(jax.jit, static_argnames=('hw',))
+def resize_images(images: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """uint8 [B, H, W, 3] -> uint8 [B, h, w, 3], bilinear and rounded (mmcv's Resize)."""
+  x = bilinear_resize(jnp.moveaxis(images.astype(jnp.float32), -1, 1), hw)  # [B, 3, h, w]
+  return jnp.clip(jnp.round(jnp.moveaxis(x, 1, -1)), 0, 255).astype(jnp.uint8)
+
+
+@functools.partial(
+  jax.jit, static_argnames=('grid', 'boxes', 'hw', 'out_hw', 'background_threshold')
+)
+def _label_maps(
   soft_maps,
   group_embeddings,
   embedding,
   class_emb,
   logit_scale,
   grid,
+  boxes,
+  hw,
   out_hw,
   background_threshold,
 ):
-  """One window's encoder outputs -> pixel class scores [B, C, h, w] (compiled per shape)."""
-  group_map = group_to_pixel_assignment(soft_maps, grid, out_hw)
-  return segment_scores(
+  """The encoder's outputs for K windows of B images (window-major, [K * B, ...]) -> label
+  maps int32 [B, out_h, out_w]. Compiled per image size; the transformer is not in here."""
+  top, left, bottom, right = boxes[0]
+  group_map = group_to_pixel_assignment(soft_maps, grid, (bottom - top, right - left))
+  scores = segment_scores(
     group_map, group_embeddings, embedding, class_emb, logit_scale, background_threshold
-  )
+  )  # [K * B, C, h, w]
+  scores = scores.reshape(len(boxes), -1, *scores.shape[1:])  # [K, B, C, h, w]
+  image_scores = average_windows(scores, boxes, hw)  # [B, C, H, W]
+  if tuple(hw) != tuple(out_hw):
+    image_scores = bilinear_resize(image_scores, out_hw)
+  return jnp.argmax(image_scores, axis=1).astype(jnp.int32)
+
+
+class Segmenter:
+  """Zero-shot segmentation into one vocabulary with the released protocol.
+
+  `segmenter(images)` maps uint8 RGB [B, H, W, 3] (or one [H, W, 3]) to int32 label maps
+  [B, H, W] ([H, W]). With `background_threshold`, label 0 is background and class i of
+  `class_names` is label i + 1; without, labels are 0..C-1. Images are resized to a
+  `short_side` shorter side (None: kept), cut into `window` crops every `stride` pixels, and
+  the averaged scores resized back to the input size.
+  """
+
+  def __init__(
+    self,
+    inference,
+    class_names: Sequence[str],
+    background_threshold: float | None = None,
+    templates: Sequence[str] = SIMPLE_TEMPLATES,
+    short_side: int | None = 448,
+    window: int = 448,
+    stride: int = 224,
+    max_long_side: int = 2048,
+    max_crops: int = 16,
+  ):
+    if isinstance(class_names, str):
+      raise TypeError('class_names must be a list of names, not one string')
+    if not class_names:
+      raise ValueError('class_names is empty')
+    self.inference = inference
+    self.class_names = tuple(class_names)
+    self.background_threshold = (
+      None if background_threshold is None else float(background_threshold)
+    )
+    self.class_emb = jnp.asarray(inference.class_embeddings(self.class_names, templates))
+    self.logit_scale = inference.logit_scale()
+    self.short_side, self.window, self.stride = short_side, window, stride
+    self.max_long_side, self.max_crops = max_long_side, max_crops
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.class_names) + (self.background_threshold is not None)
+
+  def __call__(self, images) -> np.ndarray:
+    single = np.ndim(images) == 3
+    images = check_images(images)
+    b, h, w, _ = images.shape
+    hw = (h, w)
+    if self.short_side:
+      hw = rescale_size(h, w, self.short_side, self.max_long_side)
+      if hw != (h, w):
+        images = np.asarray(resize_images(images, hw))
+    boxes = window_boxes(*hw, self.window, self.stride)
+    crops = np.concatenate([images[:, t:b_, l:r] for t, l, b_, r in boxes])  # [K * B, h, w, 3]
+    outputs = [
+      self.inference.image_outputs(crops[i : i + self.max_crops])
+      for i in range(0, len(crops), self.max_crops)
+    ]
+    soft = tuple(
+      jnp.concatenate([o.assignments[stage].soft for o in outputs])
+      for stage in range(len(outputs[0].assignments))
+    )
+    labels = _label_maps(
+      soft,
+      jnp.concatenate([o.group_embeddings for o in outputs]),
+      jnp.concatenate([o.embedding for o in outputs]),
+      self.class_emb,
+      self.logit_scale,
+      tuple(int(g) for g in outputs[0].grid),  # jit returns the grid as arrays
+      boxes,
+      hw,
+      (h, w),
+      self.background_threshold,
+    )
+    labels = np.asarray(labels)
+    return labels[0] if single else labels
+
+
+def evaluate(
+  segmenter: Segmenter,
+  examples: Iterable[tuple[np.ndarray, np.ndarray, Any]],
+  class_names: Sequence[str],
+  batch_size: int = 8,
+  ignore_index: int = 255,
+  on_prediction: Callable[[Any, np.ndarray], None] | None = None,
+  progress: Progress | None = None,
+) -> dict:
+  """Streams (image uint8 [H, W, 3], mask [H, W], key) through `segmenter` and scores the
+  label maps against the masks over the whole split (metrics.segmentation_metrics plus the
+  'confusion_matrix'). Consecutive images of one size share a batch. `class_names` names the
+  segmenter's labels; `on_prediction(key, labels)` sees each label map.
+  """
+  num_labels = len(class_names)
+  if num_labels != segmenter.num_labels:
+    raise ValueError(f'{num_labels} class names for a segmenter of {segmenter.num_labels} labels')
+  conf = np.zeros((num_labels, num_labels), np.int64)
+
+  def flush(batch):
+    predictions = segmenter(np.stack([image for image, _, _ in batch]))
+    for (image, mask, key), pred in zip(batch, predictions):
+      mask = np.asarray(mask)
+      if mask.shape != pred.shape:
+        raise ValueError(f'{key}: mask {mask.shape} does not match its image {image.shape[:2]}')
+      conf[:] += metrics.confusion_matrix(pred, mask, num_labels, ignore_index)
+      if on_prediction is not None:
+        on_prediction(key, pred)
+    if progress is not None:
+      progress.update(len(batch))
+
+  batch = []
+  for image, mask, key in examples:
+    if batch and (len(batch) == batch_size or np.shape(image) != np.shape(batch[0][0])):
+      flush(batch)
+      batch = []
+    batch.append((np.asarray(image), mask, key))
+  if batch:
+    flush(batch)
+  result = metrics.segmentation_metrics(conf, class_names)
+  result['confusion_matrix'] = conf
+  return result
 
 
 def run(
@@ -185,70 +315,119 @@ def run(
   ignore_index: int = 255,
   return_predictions: bool = False,
 ) -> dict:
-  """Zero-shot segmentation of uint8 RGB images [H, W, 3] against masks [H, W] -> metrics.
+  """Zero-shot segmentation of in-memory uint8 RGB images [H, W, 3] against masks [H, W].
 
   A dataset whose class 0 is 'background' needs `background_threshold` (VOC 0.95, Context
-  0.35, COCO-Object 0.95). `short_side` resizes images first (448 in the protocol); scores are
-  resized back to each mask's size. With `return_predictions`, 'predictions' holds the label
-  maps.
+  0.35, COCO-Object 0.95). `short_side` resizes images first (448 in the protocol). With
+  `return_predictions`, 'predictions' holds the label maps.
   """
   with_bg = class_names[0] == 'background'
   if with_bg and background_threshold is None:
     raise ValueError("class 0 is 'background': pass background_threshold")
   if len(images_uint8) != len(masks):
     raise ValueError(f'{len(images_uint8)} images but {len(masks)} masks')
-  class_emb = jnp.asarray(
-    class_embeddings(model_inference, class_names[1:] if with_bg else class_names, templates)
+  segmenter = Segmenter(
+    model_inference,
+    class_names[1:] if with_bg else class_names,
+    background_threshold if with_bg else None,
+    templates,
+    short_side,
+    window,
+    stride,
+    max_long_side,
   )
-  logit_scale = model_inference.logit_scale()
-  threshold = float(background_threshold) if with_bg else None
-
-  def window_fn(crops):
-    out = model_inference.image_outputs(crops)
-    soft = tuple(a.soft for a in out.assignments)
-    return _window_scores(
-      soft,
-      out.group_embeddings,
-      out.embedding,
-      class_emb,
-      logit_scale,
-      tuple(int(g) for g in out.grid),  # jit returns the grid as arrays
-      crops.shape[1:3],
-      threshold,
-    )
-
-  def resized(image):
-    if short_side is None:
-      return np.asarray(image)
-    size = rescale_size(*image.shape[:2], short_side, max_long_side)
-    x = bilinear_resize(jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 0), size)  # [3, h, w]
-    return np.asarray(jnp.clip(jnp.round(jnp.moveaxis(x, 0, -1)), 0, 255)).astype(np.uint8)
-
-  conf = np.zeros((len(class_names), len(class_names)), np.int64)
   predictions = []
-  start = 0
-  while start < len(images_uint8):
-    # A batch: consecutive images of one size, so their windows run together.
-    batch = [resized(images_uint8[start])]
-    while (
-      len(batch) < batch_size
-      and start + len(batch) < len(images_uint8)
-      and np.shape(images_uint8[start + len(batch)]) == np.shape(images_uint8[start])
-    ):
-      batch.append(resized(images_uint8[start + len(batch)]))
-    scores = sliding_window_logits(window_fn, np.stack(batch), window, stride)  # [B, C, h, w]
-    for i, image_scores in enumerate(scores):
-      mask = np.asarray(masks[start + i])
-      if image_scores.shape[1:] != mask.shape:
-        image_scores = bilinear_resize(image_scores, mask.shape)
-      pred = np.asarray(jnp.argmax(image_scores, axis=0)).astype(np.int32)
-      conf += metrics.confusion_matrix(pred, mask, len(class_names), ignore_index)
-      if return_predictions:
-        predictions.append(pred)
-    start += len(batch)
-
-  result = metrics.segmentation_metrics(conf, class_names)
-  result['confusion_matrix'] = conf
+  result = evaluate(
+    segmenter,
+    zip(images_uint8, masks, range(len(masks))),
+    class_names,
+    batch_size,
+    ignore_index,
+    on_prediction=(lambda _, pred: predictions.append(pred)) if return_predictions else None,
+  )
   if return_predictions:
     result['predictions'] = predictions
   return result
+
+
+class ZeroShotSegmentation:
+  """The evaluator plug-in for a segmentation dataset on disk ('voc', 'context',
+  'coco_object'; see datasets.py), used by `groupvit_jax.evaluate` and by the trainer.
+
+  `max_examples` evaluates an evenly spread subset (None: the whole split); images are read by
+  `workers` threads ahead of the model; `background_threshold` overrides the dataset's, and
+  `short_side`, `window`, `stride` the protocol's 448 / 448 / 224 (e.g. for small test models).
+  """
+
+  def __init__(
+    self,
+    dataset: str,
+    data_dir: str,
+    max_examples: int | None = None,
+    batch_size: int = 4,
+    workers: int = 8,
+    background_threshold: float | None = None,
+    num_pictures: int = 4,
+    short_side: int = 448,
+    window: int = 448,
+    stride: int = 224,
+  ):
+    self.data = datasets.open_dataset(dataset, data_dir)
+    if not isinstance(self.data, datasets.SegmentationDataset):
+      raise ValueError(f'{dataset} is not a segmentation dataset')
+    self.indices = datasets.subset(len(self.data), max_examples)
+    self.batch_size, self.workers, self.num_pictures = batch_size, workers, num_pictures
+    self.background_threshold = (
+      self.data.background_threshold if background_threshold is None else background_threshold
+    )
+    self.protocol = dict(short_side=short_side, window=window, stride=stride)
+
+  def segmenter(self, inference) -> Segmenter:
+    return Segmenter(
+      inference, self.data.class_names[1:], self.background_threshold, **self.protocol
+    )
+
+  def _examples(self, indices):
+    def load(i):
+      image, mask = self.data.load(i)
+      return image, mask, self.data.ids[i]
+
+    return datasets.prefetch(load, indices, self.workers)
+
+  def evaluate(self, inference, on_prediction=None, progress: Progress | None = None) -> dict:
+    """The full result: metrics.segmentation_metrics plus 'confusion_matrix', 'num_images'."""
+    result = evaluate(
+      self.segmenter(inference),
+      self._examples(self.indices),
+      self.data.class_names,
+      self.batch_size,
+      on_prediction=on_prediction,
+      progress=progress,
+    )
+    result['num_images'] = len(self.indices)
+    return result
+
+  def run(self, inference) -> dict:
+    """{'miou', 'macc', 'aacc', 'iou_<class>'...} as fractions."""
+    result = self.evaluate(inference)
+    scores = {k: result[k] for k in ('miou', 'macc', 'aacc')}
+    scores.update({f'iou_{name}': v for name, v in result['per_class'].items()})
+    return scores
+
+  def write_pictures(self, inference, directory: str) -> None:
+    """<id>.png per picture: the image, true and predicted labels, and each stage's groups."""
+    segmenter = self.segmenter(inference)
+    colours = visualize.label_colours(256)
+    group_colours = colours[1:]
+    for image, mask, key in self._examples(self.indices[: self.num_pictures]):
+      groups = inference.group_maps(image, self.protocol['short_side'])
+      row = [
+        image,
+        visualize.colourize(np.where(mask == 255, 0, mask), colours),
+        visualize.colourize(segmenter(image), colours),
+        *(visualize.blend(image, visualize.colourize(g, group_colours)) for g in groups),
+      ]
+      titles = ['image', 'truth', 'zero-shot'] + [f'stage {i + 1}' for i in range(len(groups))]
+      visualize.save_png(
+        os.path.join(directory, f'{key.replace("/", "_")}.png'), visualize.panel([row], titles)
+      )

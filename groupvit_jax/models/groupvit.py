@@ -94,9 +94,14 @@ class GroupViT(nn.Module):
       group_embeddings = l2_normalize(groups).reshape(b, s, -1)
     return ImageOutput(embedding, group_embeddings, out.assignments, out.grid)
 
+  def text_features(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    """Token ids [B, L] -> projected text features [B, E], not normalised. The released
+    zero-shot classifiers average these over prompt templates, then normalise."""
+    return self.text_projector(self.text_encoder(tokens, not train), train)
+
   def encode_text(self, tokens: jax.Array, train: bool = False) -> jax.Array:
     """Token ids [B, L] -> L2-normalised text embeddings [B, E]."""
-    return l2_normalize(self.text_projector(self.text_encoder(tokens, not train), train))
+    return l2_normalize(self.text_features(tokens, train))
 
   def embed_for_training(self, images: jax.Array, tokens: jax.Array):
     """The training forward: images [B, H, W, 3] and, per image, T texts [B, T, L].
