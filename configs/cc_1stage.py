@@ -8,14 +8,12 @@ from configs import cc_yfcc_2stage
 NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = cc_yfcc_2stage.get_config()
+def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
+  config = cc_yfcc_2stage.get_config(eval_data_dir)
   vision = config.model.vision
   vision.depths = (6, 6)  # 12 blocks as in the 2-stage model
   vision.num_group_tokens = (64, 0)
   vision.num_output_groups = (8,)  # the grouping block's token MLP maps 64 tokens to 8
-  steps_per_epoch = -(-NUM_TRAIN_EXAMPLES // config.batch_size)  # ceil
-  config.total_steps = config.epochs * steps_per_epoch
-  config.optimizer.warmup_steps = 2 * steps_per_epoch
+  cc_yfcc_2stage.set_epoch_length(config, NUM_TRAIN_EXAMPLES)
   config.data.shards = ('/data/cc3m/{00000..00331}.tar', '/data/cc12m/{00000..01242}.tar')
   return config

@@ -10,11 +10,9 @@ from configs import cc_yfcc_2stage
 NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203 + 11_866_987
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = cc_yfcc_2stage.get_config()
-  steps_per_epoch = -(-NUM_TRAIN_EXAMPLES // config.batch_size)  # ceil
-  config.total_steps = config.epochs * steps_per_epoch
-  config.optimizer.warmup_steps = 2 * steps_per_epoch
+def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
+  config = cc_yfcc_2stage.get_config(eval_data_dir)
+  cc_yfcc_2stage.set_epoch_length(config, NUM_TRAIN_EXAMPLES)
   config.data.shards = (
     '/data/cc3m/{00000..00331}.tar',
     '/data/cc12m/{00000..01242}.tar',

@@ -49,8 +49,32 @@ WORKERS = 32
 NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203 + 14_615_499
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The recipe of group_vit_gcc_yfcc_30e: 30 epochs at global batch 4096."""
+def set_epoch_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+  """Steps, warm-up (2 epochs) and evaluation (every epoch) for a training set's size."""
+  steps_per_epoch = -(-num_train_examples // config.batch_size)  # ceil
+  config.total_steps = config.epochs * steps_per_epoch
+  config.optimizer.warmup_steps = 2 * steps_per_epoch  # the paper says 5; the code says 2
+  config.eval_every_steps = steps_per_epoch if config.evals else 0
+
+
+def zero_shot_evals(eval_data_dir: str) -> dict:
+  """The released run's evaluations, each epoch: ImageNet top-1 and VOC mIoU, plus Context and
+  COCO-Object, with the datasets in their usual layouts under `eval_data_dir`."""
+  return {
+    'imagenet': dict(type='zero_shot_classification', data_dir=eval_data_dir),
+    **{
+      name: dict(type='zero_shot_segmentation', dataset=name, data_dir=eval_data_dir)
+      for name in ('voc', 'context', 'coco_object')
+    },
+  }
+
+
+def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
+  """The recipe of group_vit_gcc_yfcc_30e: 30 epochs at global batch 4096.
+
+  `--config=configs/cc_yfcc_2stage.py:DIR` also evaluates zero-shot every epoch on the
+  datasets under DIR (see zero_shot_evals); without DIR, nothing is evaluated.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = get_model_config()
@@ -58,14 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   # gradient accumulation adds no contrastive negatives.
   config.batch_size = 4096
   config.epochs = 30
-  steps_per_epoch = -(-NUM_TRAIN_EXAMPLES // config.batch_size)  # ceil
-  config.total_steps = config.epochs * steps_per_epoch
   config.optimizer = ml_collections.ConfigDict(
     dict(
       lr=1.6e-3,  # peak, not rescaled with the batch size
       warmup_lr=4e-6,
       min_lr=4e-5,
-      warmup_steps=2 * steps_per_epoch,  # 2 epochs (the paper says 5; the code says 2)
+      warmup_steps=0,  # set_epoch_length: 2 epochs
       weight_decay=0.05,  # not on biases, norms or temperatures
       b1=0.9,
       b2=0.999,
@@ -104,5 +126,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
-  config.eval_every_steps = 0  # zero-shot VOC/Context/COCO evaluators come with issue 5
+  config.evals = zero_shot_evals(eval_data_dir) if eval_data_dir else {}
+  set_epoch_length(config, NUM_TRAIN_EXAMPLES)
   return config

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
@@ -178,9 +179,12 @@ def evaluate(
   """Runs every evaluator on the current weights and logs their metrics (and pictures)."""
   if not evals:
     return
-  inference = GroupViTInference(
-    model_config, {'params': state.params, 'batch_stats': state.batch_stats}
+  # A full copy of the weights on this process's devices: evaluators run per process, whatever
+  # the training mesh shards (fsdp) or spans (other hosts).
+  variables = multihost_utils.process_allgather(
+    {'params': state.params, 'batch_stats': state.batch_stats}, tiled=True
   )
+  inference = GroupViTInference(model_config, variables)
   for name, evaluator in evals.items():
     start = time.time()
     results = evaluator.run(inference)

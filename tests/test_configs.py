@@ -42,3 +42,26 @@ def test_cc_yfcc_2stage_recipe_builds_the_released_schedule():
   np.testing.assert_allclose(schedule(config.optimizer.warmup_steps), 1.6e-3, rtol=1e-6)
   np.testing.assert_allclose(schedule(config.total_steps), 4e-5, rtol=1e-5)
   optimizer.make_optimizer(config.optimizer, config.total_steps).init({'w': np.ones((2, 2))})
+
+
+def test_web_configs_evaluate_every_epoch_only_when_given_the_evaluation_data():
+  from configs import cc_1stage, cc_redcaps_2stage  # pylint: disable=g-import-not-at-top
+  from groupvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  assert len(cc_yfcc_2stage.get_config().evals) == 0
+  assert cc_yfcc_2stage.get_config().eval_every_steps == 0
+  for module, examples in (
+    (cc_yfcc_2stage, 2_891_445 + 11_156_203 + 14_615_499),
+    (cc_redcaps_2stage, 2_891_445 + 11_156_203 + 11_866_987),
+    (cc_1stage, 2_891_445 + 11_156_203),
+  ):
+    config = module.get_config('/data/eval')
+    steps_per_epoch = -(-examples // 4096)
+    assert config.eval_every_steps == steps_per_epoch
+    assert config.total_steps == 30 * steps_per_epoch
+    assert config.optimizer.warmup_steps == 2 * steps_per_epoch
+    assert sorted(config.evals) == ['coco_object', 'context', 'imagenet', 'voc']
+    assert config.evals.voc.to_dict() == dict(
+      type='zero_shot_segmentation', dataset='voc', data_dir='/data/eval'
+    )
+    config_checks.check(config)  # every evaluator setting is one its class takes

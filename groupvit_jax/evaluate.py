@@ -1,0 +1,169 @@
+"""Zero-shot evaluation of a checkpoint with the paper's protocol, one command per dataset:
+
+  python -m groupvit_jax.evaluate --checkpoint DIR --dataset voc|context|coco_object|imagenet \
+      --data_dir PATH [--json OUT] [--save_predictions DIR] [--max_examples N]
+
+`--checkpoint` is a groupvit_jax checkpoint, a released NVlabs `.pth` or a Hugging Face
+directory. Dataset layouts: see groupvit_jax/evaluators/datasets.py. Segmentation prints mIoU,
+mAcc, aAcc and a per-class table; ImageNet prints top-1 and top-5 (all in %). The JSON holds the
+same numbers as fractions.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from groupvit_jax import inference, visualize
+from groupvit_jax.evaluators import datasets
+from groupvit_jax.evaluators.zero_shot_classification import ZeroShotClassification
+from groupvit_jax.evaluators.zero_shot_segmentation import ZeroShotSegmentation
+from groupvit_jax.progress import Progress
+
+_PALETTE = visualize.label_colours(256).reshape(-1).tolist()
+
+
+def save_label_png(path: str, labels: np.ndarray) -> None:
+  """int label map [H, W] (0..255) -> palette PNG whose pixel values are the labels."""
+  image = Image.fromarray(np.asarray(labels, np.uint8), 'P')
+  image.putpalette(_PALETTE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image.save(path)
+
+
+def _percent(value: float) -> str:
+  return '  nan' if math.isnan(value) else f'{100 * value:5.2f}'
+
+
+def summary(dataset: str, result: dict) -> str:
+  """The result as text: mmseg's per-class IoU / Acc table, then the means (in %)."""
+  if 'top1' in result:
+    return f'{dataset}: top-1 {_percent(result["top1"])} | top-5 {_percent(result["top5"])}'
+  width = max(len(name) for name in result['per_class'])
+  lines = [f'{"class":<{width}}   IoU    Acc']
+  for name, iou in result['per_class'].items():
+    lines.append(f'{name:<{width}} {_percent(iou)}  {_percent(result["per_class_acc"][name])}')
+  lines.append(
+    f'{dataset}: mIoU {_percent(result["miou"])} | mAcc {_percent(result["macc"])} | '
+    f'aAcc {_percent(result["aacc"])}'
+  )
+  return '\n'.join(lines)
+
+
+def _json_ready(value):
+  """NaN -> None (JSON has no NaN), arrays dropped, containers recursed."""
+  if isinstance(value, dict):
+    return {k: _json_ready(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
+  if isinstance(value, float) and math.isnan(value):
+    return None
+  return value
+
+
+def run(
+  checkpoint: str,
+  dataset: str,
+  data_dir: str,
+  json_path: str | None = None,
+  save_predictions: str | None = None,
+  max_examples: int | None = None,
+  batch_size: int | None = None,
+  workers: int = 8,
+  dtype: str | None = None,
+) -> dict:
+  """Evaluates `checkpoint` on `dataset`; returns (and optionally writes) the results."""
+  kwargs = dict(max_examples=max_examples, workers=workers)
+  if batch_size:
+    kwargs['batch_size'] = batch_size
+  if dataset == 'imagenet':
+    evaluator = ZeroShotClassification(data_dir, dataset, **kwargs)
+  else:
+    evaluator = ZeroShotSegmentation(dataset, data_dir, **kwargs)
+  model = inference.load(checkpoint, dtype)
+  on_prediction, rows = None, []
+  if save_predictions and dataset == 'imagenet':
+    on_prediction = lambda key, label: rows.append((key, label))
+  elif save_predictions:
+    on_prediction = lambda key, labels: save_label_png(
+      os.path.join(save_predictions, f'{key}.png'), labels
+    )
+  progress = Progress(len(evaluator.indices), what=dataset)
+  result = evaluator.evaluate(model, on_prediction, progress)
+  seconds = progress.finish()
+  if rows:
+    os.makedirs(save_predictions, exist_ok=True)
+    with open(os.path.join(save_predictions, 'predictions.tsv'), 'w') as f:
+      for key, label in rows:
+        f.write(f'{key}\t{label}\t{evaluator.data.class_names[label]}\n')
+  result.update(
+    checkpoint=checkpoint,
+    dataset=dataset,
+    data_dir=data_dir,
+    num_images=len(evaluator.indices),
+    seconds=round(seconds, 1),
+    images_per_second=len(evaluator.indices) / seconds,
+    device=str(jax.devices()[0].device_kind),
+  )
+  if json_path:
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    with open(json_path, 'w') as f:
+      json.dump(_json_ready(result), f, indent=2)
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog='python -m groupvit_jax.evaluate', description=__doc__.split('\n')[0]
+  )
+  parser.add_argument(
+    '--checkpoint', required=True, help='checkpoint dir, NVlabs .pth or Hugging Face dir'
+  )
+  parser.add_argument('--dataset', required=True, choices=datasets.DATASETS)
+  parser.add_argument('--data_dir', required=True, help="the dataset's directory or one above")
+  parser.add_argument('--json', help='write the results to this JSON file')
+  parser.add_argument(
+    '--save_predictions',
+    help='write each label map as <image id>.png (palette PNG, pixel = label) into this '
+    'directory; for ImageNet, predictions.tsv (image id, class index, class name)',
+  )
+  parser.add_argument(
+    '--max_examples', type=int, help='evaluate this many images, evenly spread (quick runs)'
+  )
+  parser.add_argument(
+    '--batch_size', type=int, help='images per model call (default 4 segmentation, 64 ImageNet)'
+  )
+  parser.add_argument(
+    '--workers', type=int, default=8, help='threads reading images ahead of the model'
+  )
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='default float32')
+  args = parser.parse_args(argv)
+  try:
+    result = run(
+      args.checkpoint,
+      args.dataset,
+      args.data_dir,
+      args.json,
+      args.save_predictions,
+      args.max_examples,
+      args.batch_size,
+      args.workers,
+      args.dtype,
+    )
+  except (FileNotFoundError, ValueError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  print(summary(args.dataset, result))
+  print(
+    f'{result["num_images"]} images in {result["seconds"]:.0f}s '
+    f'({result["images_per_second"]:.2f} images/s on {result["device"]})'
+  )
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,277 @@
+"""The evaluation command, ImageNet reading and classification, the evaluator plug-ins in the
+trainer, and the demo: on tiny fixtures in the real layouts and a tiny random model."""
+
+import functools
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_eval_datasets import _write as write_segmentation_split
+
+import groupvit_jax
+from groupvit_jax import demo, evaluate, tokenizer
+from groupvit_jax.evaluators import datasets, metrics
+from groupvit_jax.evaluators import zero_shot_classification as zsc
+from groupvit_jax.evaluators import zero_shot_segmentation as zss
+from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
+from groupvit_jax.prompts import IMAGENET_TEMPLATES, SUBSET_TEMPLATES
+
+import cli
+import hf_reference as ref
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  """(Hugging Face model, its directory, our loaded model)."""
+  hf = ref.make_model(seed=1, **ref.TINY)
+  directory = tmp_path_factory.mktemp('hf')
+  hf.save_pretrained(directory)
+  return hf, str(directory), groupvit_jax.load(str(directory))
+
+
+@pytest.fixture(scope='module')
+def voc(tmp_path_factory):
+  """A VOC2012 layout with three 60 x 45 images: (data_dir, masks by id)."""
+  data_dir = tmp_path_factory.mktemp('voc')
+  root = data_dir / 'VOCdevkit' / 'VOC2012'
+  masks = write_segmentation_split(
+    str(root), datasets.LAYOUTS['voc'], ['2007_000033', '2007_000042', '2008_000001'], True,
+    (60, 45),
+  )  # fmt: skip
+  return str(data_dir), masks
+
+
+def write_imagenet(root, per_class=1, size=(40, 30)):
+  """1000 class folders of small JPEGs whose colour encodes the class: labels by path."""
+  labels = {}
+  for label in range(1000):
+    folder = os.path.join(root, f'n{1440764 + label:08d}')
+    os.makedirs(folder)
+    for k in range(per_class):
+      path = os.path.join(folder, f'ILSVRC2012_val_{label * per_class + k:08d}.JPEG')
+      Image.new('RGB', size, (label % 256, label // 256 * 60, 128)).save(path)
+      labels[path] = label
+  return labels
+
+
+@pytest.fixture(scope='module')
+def imagenet(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('imagenet')
+  return str(data_dir), write_imagenet(str(data_dir / 'val'))
+
+
+def test_imagenet_reader_orders_classes_by_folder_and_names_them(imagenet, tmp_path):
+  data_dir, labels = imagenet
+  for where in (data_dir, os.path.join(data_dir, 'val')):
+    dataset = datasets.open_dataset('imagenet', where)
+    assert len(dataset) == 1000 and dataset.root == os.path.join(data_dir, 'val')
+  assert [labels[p] for p in dataset.images] == list(dataset.labels) == list(range(1000))
+  assert dataset.class_names == IMAGENET_CLASSES
+  assert IMAGENET_CLASSES[0] == 'tench' and IMAGENET_CLASSES[-1] == 'toilet paper'
+  assert IMAGENET_CLASSES.count('missile') == 2 and len(IMAGENET_CLASSES) == 1000
+  image, label = dataset.load(3)
+  assert image.shape == (30, 40, 3) and label == 3
+  assert dataset.ids[3] == 'n01440767/ILSVRC2012_val_00000003'
+
+  partial = tmp_path / 'partial'
+  write_imagenet(str(partial), size=(4, 4))
+  os.rename(partial / 'n01440764', partial / 'not_a_class')
+  with pytest.raises(datasets.LayoutError, match='999 class folders, expected 1000'):
+    datasets.open_dataset('imagenet', str(partial))
+  with pytest.raises(datasets.LayoutError, match='no class folders'):
+    datasets.open_dataset('imagenet', str(tmp_path / 'nowhere'))
+
+
+def test_resize_centre_crop_is_torchvisions_resize_256_centre_crop_224():
+  image = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
+  # Shorter side 300 -> 256, longer 500 -> int(256 * 500 / 300) = 426; crop offsets
+  # round((256 - 224) / 2) = 16 and round((426 - 224) / 2) = 101.
+  resized = np.asarray(Image.fromarray(image).resize((426, 256), Image.BILINEAR))
+  np.testing.assert_array_equal(zsc.resize_centre_crop(image), resized[16:240, 101:325])
+  tall = image.transpose(1, 0, 2)  # 500 x 300: the width is the shorter side
+  resized = np.asarray(Image.fromarray(tall).resize((256, 426), Image.BILINEAR))
+  np.testing.assert_array_equal(zsc.resize_centre_crop(tall), resized[101:325, 16:240])
+  exact = image[:256, :256]  # already 256: cropped, not resampled
+  np.testing.assert_array_equal(zsc.resize_centre_crop(exact), exact[16:240, 16:240])
+
+
+def test_top_k_and_templates_are_the_released_ones():
+  sims = np.array([[0.1, 0.9, 0.3, 0.8, 0.2, 0.7, 0.0], [0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.9]])
+  np.testing.assert_array_equal(zsc.top_k_correct(sims, np.array([1, 0]), 1), [True, False])
+  np.testing.assert_array_equal(zsc.top_k_correct(sims, np.array([4, 0]), 5), [True, True])
+  np.testing.assert_array_equal(zsc.top_k_correct(sims, np.array([6, 6]), 5), [False, True])
+  # CLIP's seven, except the second (GroupViT's code has 'a bad photo of a {}.').
+  assert len(SUBSET_TEMPLATES) == 7 and set(SUBSET_TEMPLATES) <= set(IMAGENET_TEMPLATES)
+  assert SUBSET_TEMPLATES[1] == 'a bad photo of a {}.'
+
+
+def test_imagenet_evaluation_against_pytorch_and_predictions_file(tiny, imagenet, tmp_path):
+  hf, directory, model = tiny
+  data_dir, _ = imagenet
+  result = evaluate.run(
+    directory, 'imagenet', data_dir, str(tmp_path / 'r.json'), str(tmp_path / 'pred'), 40
+  )
+  dataset = datasets.open_dataset('imagenet', data_dir)
+  indices = datasets.subset(len(dataset), 40)
+  assert len(indices) == 40 and len({dataset.labels[i] for i in indices}) == 40  # spread
+
+  # Independently: PyTorch embeddings of the same crops against PyTorch class embeddings.
+  crops = np.stack([zsc.resize_centre_crop(dataset.load(i)[0]) for i in indices])
+  texts = [t.format(n) for n in IMAGENET_CLASSES for t in SUBSET_TEMPLATES]
+  with torch.no_grad():
+    ids = torch.from_numpy(tokenizer.tokenize(texts, 77).astype(np.int64))
+    text = torch.cat([hf.get_text_features(input_ids=c).pooler_output for c in ids.split(1000)])
+    text = text.reshape(1000, 7, -1).mean(1)
+    embeddings = hf.vision_model.embeddings
+    forward = embeddings.forward  # 224 px on a 64 px model: interpolate its positions
+    embeddings.forward = functools.partial(forward, interpolate_pos_encoding=True)
+    try:
+      pooled = hf.vision_model(pixel_values=ref.pixel_values(crops)).pooler_output
+    finally:
+      embeddings.forward = forward
+    image = hf.visual_projection(pooled)
+  sims = (
+    torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+  )
+  labels = np.array([dataset.labels[i] for i in indices])
+  ranks = np.argsort(-sims.numpy(), axis=1, kind='stable')
+  want_top1 = float((ranks[:, 0] == labels).mean())
+  want_top5 = float((ranks[:, :5] == labels[:, None]).any(1).mean())
+  assert result['top1'] == pytest.approx(want_top1) and result['top5'] == pytest.approx(want_top5)
+  assert result['num_images'] == 40
+
+  saved = json.load(open(tmp_path / 'r.json'))
+  assert saved['top1'] == result['top1'] and saved['dataset'] == 'imagenet'
+  rows = [
+    line.split('\t') for line in open(tmp_path / 'pred' / 'predictions.tsv').read().splitlines()
+  ]
+  assert len(rows) == 40 and rows[0][0] == dataset.ids[indices[0]]
+  assert [int(r[1]) for r in rows] == ranks[:, 0].tolist()
+  assert all(r[2] == IMAGENET_CLASSES[int(r[1])] for r in rows)
+
+
+def test_segmentation_command_writes_json_and_label_pngs(tiny, voc, tmp_path):
+  _, directory, model = tiny
+  data_dir, masks = voc
+  out = tmp_path / 'voc.json'
+  result = evaluate.run(directory, 'voc', data_dir, str(out), str(tmp_path / 'pred'))
+  saved = json.load(open(out))
+  assert {'miou', 'macc', 'aacc', 'per_class', 'per_class_acc', 'images_per_second'} <= set(saved)
+  assert len(saved['per_class']) == 21 and saved['num_images'] == 3
+
+  # The saved label maps are the segmenter's, and re-scoring them gives the JSON's numbers.
+  dataset = datasets.open_dataset('voc', data_dir)
+  segmenter = zss.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
+  conf = 0
+  for i, key in enumerate(dataset.ids):
+    with Image.open(tmp_path / 'pred' / f'{key}.png') as png:
+      assert png.mode == 'P'
+      labels = np.asarray(png)
+    np.testing.assert_array_equal(labels, segmenter(dataset.load(i)[0]))
+    conf = conf + metrics.confusion_matrix(labels, masks[key], 21)
+  assert saved['miou'] == pytest.approx(
+    metrics.segmentation_metrics(conf, dataset.class_names)['miou']
+  )
+  assert saved['per_class']['boat'] is None  # absent everywhere: NaN in mmseg, null in JSON
+  text = evaluate.summary('voc', result)
+  assert 'monitor' in text and 'mIoU' in text.splitlines()[-1]
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  process = cli.run(
+    'groupvit_jax.evaluate', '--checkpoint', str(tmp_path), '--dataset', 'voc',
+    '--data_dir', str(tmp_path / 'missing'),
+  )  # fmt: skip
+  assert process.returncode == 1
+  assert process.stderr.strip().splitlines()[-1].startswith('error: voc:')
+  assert 'VOCdevkit/VOC2012' in process.stderr and 'Traceback' not in process.stderr
+
+
+def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp_path):
+  from groupvit_jax import evaluators, train  # pylint: disable=g-import-not-at-top
+
+  _, _, model = tiny
+  data_dir, _ = voc
+  evals = evaluators.create(
+    {
+      'voc': dict(
+        type='zero_shot_segmentation', dataset='voc', data_dir=data_dir, max_examples=2,
+        num_pictures=1, short_side=64, window=64, stride=32,
+      )
+    }
+  )  # fmt: skip
+  state = types.SimpleNamespace(
+    params=model.variables['params'], batch_stats=model.variables['batch_stats']
+  )
+  logged = {}
+  writer = types.SimpleNamespace(write_scalars=lambda step, scalars: logged.update(scalars))
+  train.evaluate(evals, model.config, state, 7, writer, str(tmp_path), pictures=True)
+  assert {'voc_miou', 'voc_macc', 'voc_aacc', 'voc_iou_monitor'} <= set(logged)
+  assert 0 <= logged['voc_miou'] <= 1
+  pictures = tmp_path / 'pictures' / 'voc' / 'step_7'
+  assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
+  with pytest.raises(datasets.LayoutError, match='VOCdevkit'):
+    evaluators.create({'voc': dict(type='zero_shot_segmentation', dataset='voc', data_dir='/no')})
+
+
+@pytest.mark.slow
+def test_trainer_runs_the_dataset_evaluators_periodically(voc, tmp_path):
+  import tiny_train_config  # pylint: disable=g-import-not-at-top
+
+  from groupvit_jax import train  # pylint: disable=g-import-not-at-top
+
+  data_dir, _ = voc
+  config = tiny_train_config.get_config()
+  config.total_steps, config.eval_every_steps, config.checkpoint_every_steps = 2, 1, 2
+  config.optimizer.warmup_steps = 1
+  config.evals = {
+    'voc': dict(
+      type='zero_shot_segmentation', dataset='voc', data_dir=data_dir, max_examples=2,
+      num_pictures=1, short_side=32, window=32, stride=16,
+    )
+  }  # fmt: skip
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  evaluated = [row['step'] for row in rows if 'voc_miou' in row]
+  assert evaluated == [1, 2]
+  assert all(0 <= row['voc_miou'] <= 1 for row in rows if 'voc_miou' in row)
+  pictures = tmp_path / 'pictures' / 'voc' / 'step_2'
+  assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
+
+
+def test_demo_writes_the_picture_and_rejects_bad_input(tiny, tmp_path):
+  _, directory, _ = tiny
+  image = np.zeros((48, 64, 3), np.uint8)
+  image[:, 32:] = (200, 180, 40)
+  Image.fromarray(image).save(tmp_path / 'in.png')
+  process = cli.run(
+    'groupvit_jax.demo', '--checkpoint', directory, '--image', tmp_path / 'in.png',
+    '--labels', 'cat, dog,grass', '--output', tmp_path / 'out.png',
+  )  # fmt: skip
+  assert process.returncode == 0, process.stderr
+  with Image.open(tmp_path / 'out.png') as picture:
+    width, height = picture.size
+  assert width > 3 * 64 and height > 48  # overlay and two stages' groups, titles and legend
+
+  assert demo.parse_labels(' cat,dog , grass') == ['cat', 'dog', 'grass']
+  with pytest.raises(ValueError, match='empty name'):
+    demo.parse_labels('cat,,dog')
+  with pytest.raises(ValueError, match='twice'):
+    demo.parse_labels('cat,cat')
+  (tmp_path / 'bad.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  with pytest.raises(ValueError, match='bad.jpg: not a readable image'):
+    demo.load_image(str(tmp_path / 'bad.jpg'))
+  with pytest.raises(FileNotFoundError):
+    demo.load_image(str(tmp_path / 'missing.jpg'))
+
+
+def test_prefetch_keeps_order_and_subset_spreads():
+  assert list(datasets.prefetch(lambda i: i * i, range(50), workers=3)) == [
+    i * i for i in range(50)
+  ]
+  assert datasets.subset(10, None) == list(range(10)) and datasets.subset(10, 20) == list(range(10))
+  assert datasets.subset(10, 4) == [0, 3, 6, 9]
