@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from groupvit_jax import inference, visualize
-from input_pipeline import image_transforms
+from groupvit_jax.evaluators import datasets
 
 
 def parse_labels(text: str) -> list[str]:
@@ -29,14 +29,8 @@ def parse_labels(text: str) -> list[str]:
   return names
 
 
-def load_image(path: str) -> np.ndarray:
-  """The image at `path` as uint8 RGB [H, W, 3]; a clear error if it cannot be decoded."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  try:
-    return np.asarray(image_transforms.decode(data))
-  except image_transforms.DamagedImage as error:
-    raise ValueError(f'{path}: not a readable image ({error})') from None
+# The image at a path as uint8 RGB [H, W, 3]; a ValueError naming the file if unreadable.
+load_image = datasets.read_image
 
 
 def _label_positions(labels: np.ndarray) -> dict[int, tuple[int, int]]:

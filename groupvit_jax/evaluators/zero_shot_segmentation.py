@@ -224,14 +224,16 @@ class Segmenter:
   def __call__(self, images) -> np.ndarray:
     single = np.ndim(images) == 3
     images = check_images(images)
-    b, h, w, _ = images.shape
+    _, h, w, _ = images.shape
     hw = (h, w)
     if self.short_side:
       hw = rescale_size(h, w, self.short_side, self.max_long_side)
       if hw != (h, w):
         images = np.asarray(resize_images(images, hw))
     boxes = window_boxes(*hw, self.window, self.stride)
-    crops = np.concatenate([images[:, t:b_, l:r] for t, l, b_, r in boxes])  # [K * B, h, w, 3]
+    crops = np.concatenate(
+      [images[:, top:bottom, left:right] for top, left, bottom, right in boxes]
+    )  # [K * B, h, w, 3]
     outputs = [
       self.inference.image_outputs(crops[i : i + self.max_crops])
       for i in range(0, len(crops), self.max_crops)
