@@ -29,6 +29,13 @@ def check_images(images: Any) -> np.ndarray:
   return images
 
 
+def check_image(image: Any) -> np.ndarray:
+  """Validates one uint8 RGB image [H, W, 3]; returns it as a batch of one [1, H, W, 3]."""
+  if np.ndim(image) != 3:
+    raise ValueError(f'expected one uint8 RGB image [H, W, 3], got shape {np.shape(image)}')
+  return check_images(image)
+
+
 class GroupViTInference:
   """A loaded GroupViT with jitted encoders. Each new input shape compiles once.
 
@@ -112,9 +119,8 @@ class GroupViTInference:
     one, labels are 0..C-1."""
     from groupvit_jax.evaluators import zero_shot_segmentation  # pylint: disable=g-import-not-at-top
 
-    if np.ndim(image) != 3:
-      raise ValueError(f'expected one uint8 RGB image [H, W, 3], got shape {np.shape(image)}')
-    return zero_shot_segmentation.Segmenter(self, class_names, background_threshold)(image)
+    segmenter = zero_shot_segmentation.Segmenter(self, class_names, background_threshold)
+    return segmenter(check_image(image))[0]
 
   def group_maps(self, image: Any, short_side: int | None = 448) -> list[np.ndarray]:
     """The group each pixel of one uint8 RGB image [H, W, 3] belongs to after each grouping
@@ -122,14 +128,9 @@ class GroupViTInference:
     to a `short_side` shorter side (None: as it is)."""
     from groupvit_jax.evaluators import zero_shot_segmentation as zss  # pylint: disable=g-import-not-at-top
 
-    if np.ndim(image) != 3:
-      raise ValueError(f'expected one uint8 RGB image [H, W, 3], got shape {np.shape(image)}')
-    pixels = check_images(image)
+    pixels = check_image(image)
     hw = pixels.shape[1:3]
-    if short_side:
-      size = zss.rescale_size(*hw, short_side)
-      pixels = np.asarray(zss.resize_images(pixels, size)) if size != hw else pixels
-    out = self.image_outputs(pixels)
+    out = self.image_outputs(zss.rescale_images(pixels, short_side))
     maps = zss.stage_group_maps(
       [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), hw
     )

@@ -20,7 +20,6 @@ masks may still differ from the maps' at a few pixels (boundaries, overlapping o
 """
 
 import argparse
-import concurrent.futures
 import contextlib
 import io
 import json
@@ -31,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from groupvit_jax.evaluators import datasets
 from groupvit_jax.evaluators.datasets import COCO_OBJECT_CLASSES
 from groupvit_jax.progress import Progress
 
@@ -52,13 +52,8 @@ def _convert_all(convert: Callable, jobs: Sequence, workers: int | None, progres
   """Runs convert(job) for every job on `workers` threads; returns len(jobs)."""
   meter = Progress(len(jobs), 'converted', 'masks', log=None if progress else lambda _: None)
   workers = os.cpu_count() if workers is None else workers
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    try:
-      for _ in pool.map(convert, jobs):
-        meter.update()
-    except BaseException:
-      pool.shutdown(cancel_futures=True)
-      raise
+  for _ in datasets.prefetch(lambda i: convert(jobs[i]), range(len(jobs)), workers):
+    meter.update()
   meter.finish()
   return len(jobs)
 

@@ -19,6 +19,7 @@ are the released evaluation's (GROUPVIT_FACTS.md); label 255 is ignored.
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -205,7 +206,7 @@ class ClassificationDataset:
   labels: tuple[int, ...]
   class_names: tuple[str, ...]
 
-  @property
+  @functools.cached_property
   def ids(self) -> tuple[str, ...]:
     """'<class folder>/<file name without extension>' per image."""
     return tuple(os.path.splitext(os.path.relpath(p, self.root))[0] for p in self.images)

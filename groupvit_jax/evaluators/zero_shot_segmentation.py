@@ -152,6 +152,17 @@ def resize_images(images: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jnp.clip(jnp.round(jnp.moveaxis(x, 1, -1)), 0, 255).astype(jnp.uint8)
 
 
+def rescale_images(
+  images: np.ndarray, short_side: int | None, max_long_side: int = 2048
+) -> np.ndarray:
+  """uint8 [B, H, W, 3] resized to a `short_side` shorter side (None: as they are)."""
+  hw = images.shape[1:3]
+  if not short_side:
+    return images
+  size = rescale_size(*hw, short_side, max_long_side)
+  return images if size == hw else np.asarray(resize_images(images, size))
+
+
 @functools.partial(
   jax.jit, static_argnames=('grid', 'boxes', 'hw', 'out_hw', 'background_threshold')
 )
@@ -224,12 +235,9 @@ class Segmenter:
   def __call__(self, images) -> np.ndarray:
     single = np.ndim(images) == 3
     images = check_images(images)
-    _, h, w, _ = images.shape
-    hw = (h, w)
-    if self.short_side:
-      hw = rescale_size(h, w, self.short_side, self.max_long_side)
-      if hw != (h, w):
-        images = np.asarray(resize_images(images, hw))
+    out_hw = images.shape[1:3]
+    images = rescale_images(images, self.short_side, self.max_long_side)
+    hw = images.shape[1:3]
     boxes = window_boxes(*hw, self.window, self.stride)
     crops = np.concatenate(
       [images[:, top:bottom, left:right] for top, left, bottom, right in boxes]
@@ -251,7 +259,7 @@ class Segmenter:
       tuple(int(g) for g in outputs[0].grid),  # jit returns the grid as arrays
       boxes,
       hw,
-      (h, w),
+      out_hw,
       self.background_threshold,
     )
     labels = np.asarray(labels)
