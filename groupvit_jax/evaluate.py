@@ -116,6 +116,13 @@ def run(
   return result
 
 
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{text} is not a positive whole number')
+  return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
     prog='python -m groupvit_jax.evaluate', description=__doc__.split('\n')[0]
@@ -132,13 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     'directory; for ImageNet, predictions.tsv (image id, class index, class name)',
   )
   parser.add_argument(
-    '--max_examples', type=int, help='evaluate this many images, evenly spread (quick runs)'
+    '--max_examples',
+    type=_positive_int,
+    help='evaluate this many images, evenly spread (quick runs)',
   )
   parser.add_argument(
-    '--batch_size', type=int, help='images per model call (default 4 segmentation, 64 ImageNet)'
+    '--batch_size',
+    type=_positive_int,
+    help='images per model call (default 4 segmentation, 64 ImageNet)',
   )
   parser.add_argument(
-    '--workers', type=int, default=8, help='threads reading images ahead of the model'
+    '--workers', type=_positive_int, default=8, help='threads reading images ahead of the model'
   )
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='default float32')
   args = parser.parse_args(argv)

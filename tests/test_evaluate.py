@@ -181,7 +181,7 @@ def test_segmentation_command_writes_json_and_label_pngs(tiny, voc, tmp_path):
   assert 'monitor' in text and 'mIoU' in text.splitlines()[-1]
 
 
-def test_command_line_errors_are_one_line(tmp_path):
+def test_command_line_errors_are_one_line(tmp_path, capsys):
   process = cli.run(
     'groupvit_jax.evaluate', '--checkpoint', str(tmp_path), '--dataset', 'voc',
     '--data_dir', str(tmp_path / 'missing'),
@@ -189,6 +189,11 @@ def test_command_line_errors_are_one_line(tmp_path):
   assert process.returncode == 1
   assert process.stderr.strip().splitlines()[-1].startswith('error: voc:')
   assert 'VOCdevkit/VOC2012' in process.stderr and 'Traceback' not in process.stderr
+  for flag in ('--max_examples', '--batch_size', '--workers'):
+    with pytest.raises(SystemExit) as exit_info:
+      evaluate.main(['--checkpoint', 'c', '--dataset', 'voc', '--data_dir', 'd', flag, '0'])
+    assert exit_info.value.code == 2  # argparse's usage error, before anything loads
+    assert f'{flag}: 0 is not a positive whole number' in capsys.readouterr().err
 
 
 def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp_path):
