@@ -19,15 +19,12 @@ crop and resize are one `Image.resize(box=...)`.
 import dataclasses
 import io
 import math
-from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The fill of geometric RandAugment ops: the mean in uint8, as timm passes it.
-_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
+from groupvit_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD
+from input_pipeline.randaugment import randaugment
 
 
 class DamagedImage(Exception):
@@ -137,101 +134,6 @@ def crop_resize(image: Image.Image, box, size: int, dct_scaling: bool = True) ->
   return image.resize(
     (size, size), Image.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy)
   )
-
-
-# RandAugment 'rand-m9-mstd0.5-inc1' as timm defines it: 2 ops drawn with replacement from the
-# 'increasing' set, each applied with probability 0.5 at a magnitude ~ N(9, 0.5) clipped to
-# [0, 10]; signed ops flip their sign with probability 0.5.
-_MAX_LEVEL = 10.0
-
-
-def _signed(value: float, rng: np.random.Generator) -> float:
-  return -value if rng.random() < 0.5 else value
-
-
-def _affine(image: Image.Image, matrix) -> Image.Image:
-  return image.transform(image.size, Image.AFFINE, matrix, Image.BILINEAR, fillcolor=_FILL)
-
-
-def _shear_x(image, level, rng):
-  return _affine(image, (1, _signed(level / _MAX_LEVEL * 0.3, rng), 0, 0, 1, 0))
-
-
-def _shear_y(image, level, rng):
-  return _affine(image, (1, 0, 0, _signed(level / _MAX_LEVEL * 0.3, rng), 1, 0))
-
-
-def _translate_x(image, level, rng):
-  return _affine(image, (1, 0, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[0], 0, 1, 0))
-
-
-def _translate_y(image, level, rng):
-  return _affine(image, (1, 0, 0, 0, 1, _signed(level / _MAX_LEVEL * 0.45, rng) * image.size[1]))
-
-
-def _rotate(image, level, rng):
-  degrees = _signed(level / _MAX_LEVEL * 30.0, rng)
-  return image.rotate(degrees, Image.BILINEAR, fillcolor=_FILL)
-
-
-def _enhance(enhancer) -> Callable:
-  def op(image, level, rng):
-    return enhancer(image).enhance(max(0.1, 1.0 + _signed(level / _MAX_LEVEL * 0.9, rng)))
-
-  return op
-
-
-def _posterize(image, level, rng):
-  del rng
-  return ImageOps.posterize(image, 4 - int(level / _MAX_LEVEL * 4))
-
-
-def _solarize(image, level, rng):
-  del rng
-  return ImageOps.solarize(image, 256 - int(level / _MAX_LEVEL * 256))
-
-
-def _solarize_add(image, level, rng):
-  del rng
-  add = int(level / _MAX_LEVEL * 110)
-  lut = [min(255, i + add) if i < 128 else i for i in range(256)] * 3
-  return image.point(lut)
-
-
-RANDAUGMENT_OPS = {
-  'AutoContrast': lambda image, level, rng: ImageOps.autocontrast(image),
-  'Equalize': lambda image, level, rng: ImageOps.equalize(image),
-  'Invert': lambda image, level, rng: ImageOps.invert(image),
-  'Rotate': _rotate,
-  'PosterizeIncreasing': _posterize,
-  'SolarizeIncreasing': _solarize,
-  'SolarizeAdd': _solarize_add,
-  'ColorIncreasing': _enhance(ImageEnhance.Color),
-  'ContrastIncreasing': _enhance(ImageEnhance.Contrast),
-  'BrightnessIncreasing': _enhance(ImageEnhance.Brightness),
-  'SharpnessIncreasing': _enhance(ImageEnhance.Sharpness),
-  'ShearX': _shear_x,
-  'ShearY': _shear_y,
-  'TranslateXRel': _translate_x,
-  'TranslateYRel': _translate_y,
-}
-_OP_NAMES = tuple(RANDAUGMENT_OPS)
-
-
-def randaugment(
-  image: Image.Image,
-  rng: np.random.Generator,
-  num_ops: int = 2,
-  magnitude: float = 9.0,
-  magnitude_std: float = 0.5,
-) -> Image.Image:
-  """RandAugment as timm's 'rand-m9-mstd0.5-inc1' (see RANDAUGMENT_OPS)."""
-  for name in rng.choice(_OP_NAMES, num_ops, replace=True):
-    if rng.random() >= 0.5:
-      continue
-    level = min(max(rng.normal(magnitude, magnitude_std), 0.0), _MAX_LEVEL)
-    image = RANDAUGMENT_OPS[name](image, level, rng)
-  return image
 
 
 def colour_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import image_transforms as it
+from input_pipeline import randaugment
 from tests import shard_fixtures as fx
 
 
@@ -78,7 +79,7 @@ def _level_op(name, image, level=9.0, sign=1):
     def random(self):
       return 0.9 if sign > 0 else 0.1
 
-  return it.RANDAUGMENT_OPS[name](image, level, Fixed())
+  return randaugment.OPS[name](image, level, Fixed())
 
 
 def test_randaugment_ops_at_magnitude_9():
@@ -99,7 +100,7 @@ def test_translate_moves_by_45_percent_at_full_magnitude():
   moved = np.asarray(_level_op('TranslateXRel', Image.fromarray(pixels), level=10.0))
   # The content shifts left by 45 pixels; the uncovered right side takes the fill colour.
   assert moved[5, 14].tolist() == [0, 0, 0] and moved[5, 16].tolist() == [255, 255, 255]
-  assert moved[5, 99].tolist() == list(it._FILL)
+  assert moved[5, 99].tolist() == list(randaugment.FILL)
 
 
 def test_random_erasing_paints_normalised_noise():
@@ -110,3 +111,4 @@ def test_random_erasing_paints_normalised_noise():
   assert 0.02 - 0.005 <= fraction <= 1 / 3 + 0.01
   normalised = (painted / 255.0 - it.IMAGENET_MEAN) / it.IMAGENET_STD
   assert abs(normalised.mean()) < 0.1 and abs(normalised.std() - 1.0) < 0.1
+
