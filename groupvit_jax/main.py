@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from groupvit_jax import config_checks, train
-from input_pipeline import web_pipeline
+from input_pipeline import failures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and pictures.')
@@ -59,7 +59,7 @@ def main(argv):
     config_checks.ConfigError,
     FileNotFoundError,
     FloatingPointError,
-    web_pipeline.NothingReadable,
+    failures.DataError,
   ) as error:
     sys.exit(f'error: {error}')
 

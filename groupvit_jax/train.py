@@ -39,7 +39,7 @@ from groupvit_jax import optimizer as optimizers
 from groupvit_jax.image_ops import normalize_images
 from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
-from input_pipeline import train_data
+from input_pipeline import failures, train_data
 
 
 @flax.struct.dataclass
@@ -167,6 +167,18 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def _next_batch(data, manager) -> dict:
+  """The next batch of this process; a failure of the input pipeline names the checkpoint
+  that a rerun resumes from."""
+  try:
+    return next(data)
+  except failures.DataError as error:
+    manager.wait_until_finished()
+    raise type(error)(
+      f'{error}. The last checkpoint is step {manager.latest_step()} in {manager.directory}.'
+    ) from error
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -266,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = {}
   try:
     while step < total:
-      batch = jax.make_array_from_process_local_data(batch_sharding, next(data))
+      batch = jax.make_array_from_process_local_data(batch_sharding, _next_batch(data, manager))
       state, step_metrics = train_step(state, batch)
       step += 1
       # Reading the metrics waits for this step; the data thread makes the next batches.

@@ -5,8 +5,10 @@
 
 Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's transform) for
 `--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
-its workers used; both after the first batch, which includes start-up), the samples skipped by reason, a few captions with the words and prompts
-made from them, and caption token-length statistics. `--json` writes the same as one object.
+its workers used; both after the first batch, which includes start-up), the samples skipped by
+reason, a few captions with the words and prompts made from them, and caption token-length
+statistics. `--json` writes the same as one object. A sample that fails in any other way is
+dropped and counted as `transform_error` (its traceback logged once), as in training.
 """
 
 import argparse
@@ -19,7 +21,15 @@ import time
 import numpy as np
 
 from groupvit_jax import metric_writers
-from input_pipeline import image_transforms, nouns, shards, text, web_pipeline, webdataset
+from input_pipeline import (
+  failures,
+  image_transforms,
+  nouns,
+  shards,
+  text,
+  web_pipeline,
+  webdataset,
+)
 
 
 def _cpu_seconds() -> float:
@@ -167,7 +177,7 @@ def main(argv=None) -> int:
       config,
       log=lambda line: print(line, file=sys.stderr),
     )
-  except (FileNotFoundError, ValueError, web_pipeline.NothingReadable) as error:
+  except (FileNotFoundError, ValueError, failures.DataError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   _print_report(report)

@@ -27,16 +27,12 @@ import numpy as np
 from absl import flags
 
 from groupvit_jax.tokenizer import tokenize
-from input_pipeline import image_transforms, nouns, text, webdataset
+from input_pipeline import failures, image_transforms, nouns, text, webdataset
 from input_pipeline.webdataset import SKIP_REASONS
 
 # The data is unreadable when, with no good sample between them, this many damaged samples
 # come in a row, or shards fail to open many times over (see `build`).
 MAX_CONSECUTIVE_SKIPS = 10_000
-
-
-class NothingReadable(RuntimeError):
-  """The shards yield no usable sample."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +49,16 @@ class PipelineConfig:
 
 def make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
   """A raw record -> {'image': uint8 [S, S, 3], 'text': int32 [1 + K, L], 'skip': ''}, or
-  {'skip': reason} for a damaged sample."""
+  {'skip': reason} for a sample that is dropped: damaged, or 'transform_error' (with the
+  error's 'kind') when decoding, augmenting or tokenising it raised anything else."""
+  try:
+    return _make_example(record, seed, config)
+  except Exception as error:  # pylint: disable=broad-except  # one sample must not stop a run
+    sample = f'{record["key"]!r} (shard position {record["position"]})'
+    return {'skip': 'transform_error', 'kind': failures.sample_error(error, sample)}
+
+
+def _make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
   if record['skip']:
     return {'skip': record['skip']}
   if record['caption'] is None:
@@ -77,6 +82,7 @@ class _BatchIterator(grain.DatasetIterator):
   def __init__(self, parent: grain.DatasetIterator, batches: '_Batches'):
     super().__init__(parent)
     self._batches = batches
+    self._error_rate = failures.SampleErrorRate()
 
   def __next__(self) -> dict:
     examples = []
@@ -90,6 +96,7 @@ class _BatchIterator(grain.DatasetIterator):
         if not examples and not skipped.any():
           raise
         break
+      self._error_rate.add(example.get('kind'))
       if not example['skip']:
         examples.append(example)
         in_a_row = shards_failed = 0
@@ -99,7 +106,7 @@ class _BatchIterator(grain.DatasetIterator):
       shards_failed += example['skip'] == 'unreadable_shard'
       if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._batches.max_failed_shards:
         counts = {r: int(n) for r, n in zip(SKIP_REASONS, skipped) if n}
-        raise NothingReadable(
+        raise failures.NothingReadable(
           f'{in_a_row} samples in a row could not be used ({counts}): check config.data.shards '
           'and the shard files (python -m input_pipeline.inspect --shards ...)'
         )
@@ -200,7 +207,13 @@ class WebDatasetIterator(Iterator[dict]):
     self.skipped = collections.Counter()
 
   def __next__(self) -> dict:
-    batch = dict(next(self._iterator))
+    try:
+      batch = dict(next(self._iterator))
+    except RuntimeError as error:
+      died = failures.worker_death(error)
+      if died is None:
+        raise
+      raise died from error
     for reason, count in zip(SKIP_REASONS, batch.pop('skipped').tolist()):
       if count:
         self.skipped[reason] += count

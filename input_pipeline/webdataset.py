@@ -38,6 +38,7 @@ SKIP_REASONS = (
   'image_too_large',
   'empty_caption',
   'caption_not_utf8',
+  'transform_error',
 )
 _BLOCK = 512  # tar block size; an archive ends with zero blocks
 

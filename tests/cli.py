@@ -1,8 +1,13 @@
 """Runs a groupvit_jax command-line entry point the way a user would, in a subprocess."""
 
+import json
 import os
 import subprocess
 import sys
+import time
+
+from groupvit_jax import train_checkpoints
+from groupvit_jax.metric_writers import METRICS_FILE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,3 +43,49 @@ def start(module: str, *args: str, log_path: str, **env_overrides: str) -> subpr
     stderr=subprocess.STDOUT,
     text=True,
   )
+
+
+# What a training run has written so far, for tests that watch and interrupt runs.
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_rows(workdir):
+  return {row['step']: row for row in read_metrics(workdir) if 'loss' in row}
+
+
+def wait_for(condition, process, timeout=300):
+  start = time.time()
+  while not condition():
+    assert process.poll() is None, 'the run ended before it was interrupted'
+    assert time.time() - start < timeout, 'timed out waiting for the run'
+    time.sleep(0.2)
+
+
+def checkpoint_steps(workdir):
+  directory = os.path.join(workdir, train_checkpoints.CHECKPOINT_DIR)
+  return (
+    sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  )
+
+
+def worker_processes(pid: int) -> list[int]:
+  """The multiprocessing workers that process `pid` spawned (grain's decoding workers), read
+  from /proc: children whose command line runs multiprocessing's spawn_main."""
+  workers = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        parent = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        command = f.read()
+    except OSError:  # the process ended meanwhile
+      continue
+    if parent == pid and b'spawn_main' in command:
+      workers.append(int(entry))
+  return workers

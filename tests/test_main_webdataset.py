@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 
 from tests import cli
 from tests import shard_fixtures as fx
@@ -73,3 +75,46 @@ def test_unreadable_data_stops_with_a_clear_error(tmp_path):
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'unreadable_shard' in last, last
+
+
+def test_a_killed_worker_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_path):
+  fx.write_good_shards(str(tmp_path / 'shards'), 4, 25)
+  workdir = str(tmp_path / 'run')
+  overrides = {
+    '--config.data.workers': '2',
+    '--config.total_steps': '20',
+    '--config.checkpoint_every_steps': '2',
+  }
+  args = (
+    '--config=configs/cc_yfcc_2stage.py',
+    f'--workdir={workdir}',
+    f'--config.data.shards=("{tmp_path}/shards/{{00000..00003}}.tar",)',
+    *(a for a in SHRINK if a.split('=')[0] not in overrides),
+    *(f'{k}={v}' for k, v in overrides.items()),
+  )
+  # The two runs share XLA's persistent cache, so only the first one compiles.
+  env = dict(
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla_cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
+  log = tmp_path / 'run1.log'
+  run = cli.start('groupvit_jax.main', *args, log_path=str(log), **env)
+  cli.wait_for(lambda: 4 in cli.checkpoint_steps(workdir), run)
+  workers = cli.worker_processes(run.pid)
+  assert len(workers) == 2, workers
+  os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
+  killed_at = time.time()
+  returncode = run.wait(timeout=120)
+  assert time.time() - killed_at < 60  # an error within a bounded time, never a hang
+  assert returncode != 0
+  errors = [line for line in log.read_text().splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, log.read_text()[-3000:]
+  assert errors[0].startswith('error: a data worker process died (killed by SIGKILL'), errors
+  assert 'The last checkpoint is step' in errors[0]
+  stopped_at = cli.checkpoint_steps(workdir)[-1]
+  assert stopped_at < 20, 'the run should have been killed before its end'
+
+  result = cli.run('groupvit_jax.main', *args, **env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'resumed from the checkpoint at step {stopped_at}' in result.stderr
+  assert max(cli.train_rows(workdir)) == 20

@@ -4,20 +4,19 @@ The runs use tests/tiny_train_config.py (a few seconds a step at most) on the 8 
 devices that conftest.py sets up, which the subprocesses inherit.
 """
 
-import json
 import os
 import signal
-import time
 
 import jax
 import numpy as np
 import pytest
 import tiny_train_config
 
-from groupvit_jax import checkpoint, config_checks, train, train_checkpoints
+from groupvit_jax import checkpoint, config_checks, train
 from groupvit_jax.metric_writers import METRICS_FILE
 
 import cli
+from cli import checkpoint_steps, read_metrics, train_rows, wait_for
 
 CONFIG_FILE = 'tests/tiny_train_config.py'
 # Everything a step logs that must not depend on when the run was interrupted.
@@ -30,30 +29,6 @@ DETERMINISTIC_KEYS = (
   'logit_scale',
   'multi_label_logit_scale',
 )
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f]
-
-
-def train_rows(workdir):
-  return {row['step']: row for row in read_metrics(workdir) if 'loss' in row}
-
-
-def wait_for(condition, process, timeout=300):
-  start = time.time()
-  while not condition():
-    assert process.poll() is None, 'the run ended before it was interrupted'
-    assert time.time() - start < timeout, 'timed out waiting for the run'
-    time.sleep(0.2)
-
-
-def checkpoint_steps(workdir):
-  directory = os.path.join(workdir, train_checkpoints.CHECKPOINT_DIR)
-  return (
-    sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-  )
 
 
 def test_interrupted_runs_log_the_same_losses_as_an_uninterrupted_one(tmp_path):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from input_pipeline import image_transforms, web_pipeline, webdataset
+from input_pipeline import failures, image_transforms, web_pipeline, webdataset
 from tests import shard_fixtures as fx
 
 # Crop and flip only, so solid-colour samples stay solid and name themselves.
@@ -131,7 +131,7 @@ def test_nothing_readable_stops_with_a_clear_error(tmp_path):
   garbage = tmp_path / 'garbage.tar'
   garbage.write_bytes(b'\0' * 10 + os.urandom(2000))
   iterator = web_pipeline.WebDatasetIterator(web_pipeline.build([str(garbage)], 4, 0, PLAIN))
-  with pytest.raises(web_pipeline.NothingReadable, match='unreadable_shard'):
+  with pytest.raises(failures.NothingReadable, match='unreadable_shard'):
     next(iterator)
 
 
