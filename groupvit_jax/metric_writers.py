@@ -78,7 +78,7 @@ def _number(value: Any) -> float | int | None:
 def create_writer(workdir: str, resume_step: int | None = None) -> metric_writers.MetricWriter:
   """TensorBoard (written in a background thread) and metrics.jsonl, on the first process.
 
-  Progress goes to the log as one line per logged step (`progress_line`), so CLU's logging
+  Progress goes to the log as one line per logged step (`progress.progress_line`), so CLU's logging
   writer, which would repeat every scalar there, is not used.
   """
   if jax.process_index() > 0:
@@ -91,20 +91,3 @@ def create_writer(workdir: str, resume_step: int | None = None) -> metric_writer
       JsonlWriter(os.path.join(workdir, METRICS_FILE), resume_step),
     ]
   )
-
-
-def progress_line(step: int, total_steps: int, seconds_per_step: float, metrics: Mapping) -> str:
-  """'step 120/500 (24%) | loss 8.412 | 65.3 samples/s | 1.96 s/step | ETA 12m25s'."""
-  eta = format_duration(seconds_per_step * (total_steps - step))
-  return (
-    f'step {step}/{total_steps} ({100 * step // total_steps}%) | loss {metrics["loss"]:.4f} | '
-    f'{metrics["samples_per_second"]:.1f} samples/s | {seconds_per_step:.3g} s/step | ETA {eta}'
-  )
-
-
-def format_duration(seconds: float) -> str:
-  """ "1h05m" or "4m09s"."""
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'

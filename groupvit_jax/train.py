@@ -32,6 +32,7 @@ from groupvit_jax import (
   evaluators,
   losses,
   metric_writers,
+  progress,
   sharding,
   train_checkpoints,
 )
@@ -298,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         counters = data.counters()
         metrics.update(counters)
         writer.write_scalars(step, metrics)
-        logging.info(metric_writers.progress_line(step, total, seconds_per_step, metrics))
+        logging.info(progress.progress_line(step, total, seconds_per_step, metrics))
         new_skips = {
           k: v - logged_counters.get(k, 0)
           for k, v in counters.items()

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from groupvit_jax import metric_writers
+from groupvit_jax import progress
 from input_pipeline import (
   failures,
   image_transforms,
@@ -110,7 +110,7 @@ def inspect(
       if warm is None:
         warm = (time.time(), _cpu_seconds(), samples)
       elapsed = time.time() - start
-      eta = metric_writers.format_duration(elapsed / done * (batches - done))
+      eta = progress.format_duration(elapsed / done * (batches - done))
       log(f'batch {done}/{batches} | {samples / elapsed:.1f} samples/s | ETA {eta}')
   finally:
     iterator.close()

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from groupvit_jax import metric_writers, visualize
+from groupvit_jax import metric_writers, progress, visualize
 
 
 def test_jsonl_rows_and_resume_drops_steps_after_the_checkpoint(tmp_path):
@@ -26,9 +26,9 @@ def test_jsonl_rows_and_resume_drops_steps_after_the_checkpoint(tmp_path):
 
 
 def test_progress_line_has_rate_and_eta():
-  line = metric_writers.progress_line(120, 500, 1.5, {'loss': 8.41234, 'samples_per_second': 85.33})
+  line = progress.progress_line(120, 500, 1.5, {'loss': 8.41234, 'samples_per_second': 85.33})
   assert line == 'step 120/500 (24%) | loss 8.4123 | 85.3 samples/s | 1.5 s/step | ETA 9m30s'
-  line = metric_writers.progress_line(0, 10**5, 2.0, {'loss': 1, 'samples_per_second': 1})
+  line = progress.progress_line(0, 10**5, 2.0, {'loss': 1, 'samples_per_second': 1})
   assert line.endswith('| ETA 55h33m')
 
 
