@@ -71,7 +71,11 @@ def open_image(data: bytes | None, max_pixels: int = TransformConfig.max_pixels)
 
 def to_rgb(image: Image.Image) -> Image.Image:
   """Decodes `image` to 8-bit RGB (CMYK, grey, palette, alpha and 16-bit grey included), or
-  DamagedImage for truncated or corrupt data. Alpha is dropped, as `convert('RGB')` does."""
+  DamagedImage for truncated or corrupt data. Alpha is dropped, as `convert('RGB')` does.
+  Floating-point images are 'unsupported_image': their pixels have no defined range, and
+  Pillow's conversion clips them, so a float image in [0, 1] would come out black."""
+  if image.mode == 'F':
+    raise DamagedImage('unsupported_image', 'floating-point pixels (mode F)')
   try:
     if image.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
       # 16-bit grey: Pillow's convert would clip at 255, so scale to 8 bits first.

@@ -25,7 +25,7 @@ from typing import Any
 
 import grain
 
-IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
+IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff')
 CAPTION_EXTENSION = 'txt'
 # Why a sample or a shard was dropped; counted per reason in the trainer's metrics.
 SKIP_REASONS = (
@@ -36,6 +36,7 @@ SKIP_REASONS = (
   'corrupt_image',
   'empty_image',
   'image_too_large',
+  'unsupported_image',
   'empty_caption',
   'caption_not_utf8',
   'transform_error',

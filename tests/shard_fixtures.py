@@ -111,3 +111,42 @@ def truncate(path: str, keep_bytes: int) -> None:
 def member_offsets(path: str) -> list[int]:
   with tarfile.open(path) as tar:
     return [m.offset for m in tar.getmembers()]
+
+
+def _animation(fmt: str, **kwargs) -> bytes:
+  """Two frames (or pages) of different colours."""
+  frames = [Image.new('RGB', (40, 30), colour) for colour in ((200, 0, 0), (0, 200, 0))]
+  return encode(frames[0], fmt, save_all=True, append_images=frames[1:], **kwargs)
+
+
+def web_oddities(seed: int = 0) -> dict[str, tuple[dict[str, bytes], str]]:
+  """Valid images the web serves in odd forms: name -> (members, '' if the pipeline keeps the
+  sample, else the reason it is skipped). Kept images decode as Pillow's
+  `Image.open(...).convert('RGB')` does, which is what the released pipeline did."""
+  rng = np.random.default_rng(seed)
+  photo = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+  spacer = Image.new('P', (1, 1))
+  spacer.putpalette([255, 255, 255] + [0] * 765)
+  rotated = Image.Exif()
+  rotated[0x0112] = 6  # orientation: rotate 90 degrees to display
+  floats = Image.fromarray(rng.random((30, 40)).astype(np.float32), 'F')
+  images = {
+    'spacer_gif': ('gif', encode(spacer, 'GIF', transparency=0), ''),
+    'animated_gif': ('gif', _animation('GIF', loop=0, duration=100), ''),
+    'animated_webp': ('webp', _animation('WEBP', lossless=True, duration=100), ''),
+    'multipage_tiff': ('tif', _animation('TIFF'), ''),
+    'tall_1x3000': ('png', encode(Image.new('RGB', (1, 3000), (10, 200, 30)), 'PNG'), ''),
+    'wide_3000x1': ('jpg', encode(Image.new('RGB', (3000, 1), (10, 200, 30)), 'JPEG'), ''),
+    'one_bit': ('png', encode(photo.convert('1'), 'PNG'), ''),
+    'grey_alpha': ('png', encode(photo.convert('LA'), 'PNG'), ''),
+    'progressive_jpeg': ('jpg', encode(photo, 'JPEG', progressive=True, quality=90), ''),
+    'png_named_jpg': ('jpg', encode(photo, 'PNG'), ''),
+    'tiff_named_jpg': ('jpg', encode(photo, 'TIFF'), ''),
+    'exif_rotated': ('jpg', encode(photo, 'JPEG', exif=rotated.tobytes()), ''),
+    'tiny_8x8': ('jpg', encode(photo.resize((8, 8)), 'JPEG'), ''),
+    'float_tiff': ('tif', encode(floats, 'TIFF'), 'unsupported_image'),
+  }
+  return {
+    name: ({extension: data, 'txt': f'a web image: {name}'.encode()}, reason)
+    for name, (extension, data, reason) in images.items()
+  }

@@ -112,3 +112,23 @@ def test_random_erasing_paints_normalised_noise():
   normalised = (painted / 255.0 - it.IMAGENET_MEAN) / it.IMAGENET_STD
   assert abs(normalised.mean()) < 0.1 and abs(normalised.std() - 1.0) < 0.1
 
+
+@pytest.mark.parametrize('name', sorted(fx.web_oddities()))
+def test_web_oddities_decode_as_released_or_are_skipped_by_reason(name):
+  members, reason = fx.web_oddities()[name]
+  (data,) = [value for extension, value in members.items() if extension != 'txt']
+  if reason:
+    with pytest.raises(it.DamagedImage) as error:
+      it.train_transform(data, np.random.default_rng(0))
+    assert error.value.reason == reason
+    return
+  # Kept: the pixels the released pipeline decoded (Pillow's open, first frame, RGB, EXIF
+  # orientation not applied), and a full-size sample from every crop drawn.
+  released = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+  decoded = np.asarray(it.decode(data))
+  np.testing.assert_array_equal(decoded, released)
+  if name in ('animated_gif', 'animated_webp', 'multipage_tiff'):
+    assert (decoded == (200, 0, 0)).all()  # the first frame's colour
+  for seed in range(100):
+    pixels = it.train_transform(data, np.random.default_rng(seed))
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
