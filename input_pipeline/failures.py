@@ -19,6 +19,9 @@ import traceback
 
 from absl import logging
 
+# The data is unreadable when, with no good sample between them, this many damaged samples
+# come in a row, or shards fail to open many times over (see web_pipeline.build).
+MAX_CONSECUTIVE_SKIPS = 10_000
 # A run stops when more than MAX_ERROR_FRACTION of the last ERROR_WINDOW samples (or of the
 # window's worth of samples, before that many were read) failed with a transform_error.
 ERROR_WINDOW = 10_000

@@ -5,7 +5,8 @@
     -> TarShard per file, `cycle_length` of them read interleaved      (raw bytes)
     -> window shuffle: `shuffle_buffer` samples at a time, permuted    (raw bytes)
     -> decode, crop, augment, caption + prompted words -> token ids    (`make_example`)
-    -> batches of the process's rows; damaged samples dropped and counted per reason
+    -> batches of the process's rows; damaged or failing samples dropped and counted per
+       reason, the run stopped when errors are systematic (failures.py)
     -> `workers` processes (grain mp_prefetch), each building whole batches
 
 Every random draw of a sample comes from (seed, shard position, index in shard), so a sample
@@ -29,10 +30,6 @@ from absl import flags
 from groupvit_jax.tokenizer import tokenize
 from input_pipeline import failures, image_transforms, nouns, text, webdataset
 from input_pipeline.webdataset import SKIP_REASONS
-
-# The data is unreadable when, with no good sample between them, this many damaged samples
-# come in a row, or shards fail to open many times over (see `build`).
-MAX_CONSECUTIVE_SKIPS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +101,10 @@ class _BatchIterator(grain.DatasetIterator):
       skipped[SKIP_REASONS.index(example['skip'])] += 1
       in_a_row += 1
       shards_failed += example['skip'] == 'unreadable_shard'
-      if in_a_row >= MAX_CONSECUTIVE_SKIPS or shards_failed >= self._batches.max_failed_shards:
+      if (
+        in_a_row >= failures.MAX_CONSECUTIVE_SKIPS
+        or shards_failed >= self._batches.max_failed_shards
+      ):
         counts = {r: int(n) for r, n in zip(SKIP_REASONS, skipped) if n}
         raise failures.NothingReadable(
           f'{in_a_row} samples in a row could not be used ({counts}): check config.data.shards '
