@@ -57,6 +57,7 @@ def test_paper_config_trains_on_local_shards_and_counts_damage(tmp_path):
   # 3 steps of 8 take more than the 18 good samples of an epoch, so every shard was opened.
   assert rows[-1]['skipped_unreadable_shard'] >= 1
   assert rows[-1]['skipped'] == rows[-1]['skipped_unreadable_shard']
+  assert rows[-1]['skipped_transform_error'] == 0  # every reason is a metric, even at 0
   assert 'skipped damaged samples since step' in result.stderr
   assert "'skipped_unreadable_shard': 1" in result.stderr
   assert os.path.isdir(workdir / 'checkpoints' / '3')
