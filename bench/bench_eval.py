@@ -60,9 +60,9 @@ def main():
   sys.path.insert(0, os.path.join(REPO, 'tests'))
   sys.path.insert(0, REPO)
   import groupvit_jax
+  from groupvit_jax import segmentation
   from groupvit_jax.evaluators import datasets
   from groupvit_jax.evaluators import zero_shot_classification as zsc
-  from groupvit_jax.evaluators import zero_shot_segmentation as zss
 
   import hf_reference as ref
   # pylint: enable=g-import-not-at-top
@@ -77,8 +77,8 @@ def main():
   embeddings.forward = lambda pixels: forward(pixels, interpolate_pos_encoding=True)
 
   images = ref.random_images(0, args.images, 375, 500)
-  segmenter = zss.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
-  resized = [np.asarray(zss.resize_images(im[None], (448, 597)))[0] for im in images]
+  segmenter = segmentation.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
+  resized = [np.asarray(segmentation.resize_images(im[None], (448, 597)))[0] for im in images]
   windows = [r[:, x : x + 448] for r in resized for x in (0, 597 - 448)]
 
   def ours_segment():

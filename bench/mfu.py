@@ -4,7 +4,7 @@
   python bench/mfu.py --config configs/cc_yfcc_2stage.py --batch 4096 --step_time 1.9 \\
       --chip h100 --chips 16
 
-Prints the per-sample GFLOPs of groupvit_jax.flops (matmuls only, a multiply-add being 2
+Prints the per-sample GFLOPs of bench/flops.py (matmuls only, a multiply-add being 2
 FLOPs): the image tower and projection on one image, the text towers on the image's texts, its
 share of the contrastive logits, and their training total (3 x forward). Then the samples/s per
 chip that 50% MFU would mean on each chip of flops.PEAK_BF16_FLOPS and, given a measured step
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from groupvit_jax import flops
+import flops  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def parse_args():

@@ -6,7 +6,7 @@
 Times the jitted train step (the trainer's own, on all local devices) on synthetic batches
 after compiling it, and reports samples/s. The reference, measured in the same run, is the
 FLOP/s of one large float32 (or bfloat16) matmul on the same devices: the step's analytic
-training FLOPs (groupvit_jax.flops) per second over that peak is the fraction of the machine's
+training FLOPs (bench/flops.py) per second over that peak is the fraction of the machine's
 matmul speed the step achieves.
 """
 
@@ -18,12 +18,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# bench/ is on sys.path when run as a script.
+import flops  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from mfu import load_config  # noqa: E402  (bench/ is on sys.path when run as a script)
+from mfu import load_config  # noqa: E402
 
-from groupvit_jax import checkpoint, flops, optimizer, sharding, train  # noqa: E402
+from groupvit_jax.training import optimizer, sharding, train  # noqa: E402
+from groupvit_jax.weights import checkpoint  # noqa: E402
 
 
 def matmul_flops_per_second(dtype, size=2048, repeats=10) -> float:

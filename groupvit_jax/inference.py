@@ -8,32 +8,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import checkpoint, tokenizer
-from groupvit_jax.image_ops import normalize_images
+from groupvit_jax import segmentation, tokenizer
+from groupvit_jax.image_ops import check_image, check_images, normalize_images
 from groupvit_jax.models.groupvit import GroupViT, ImageOutput
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
-
-
-def check_images(images: Any) -> np.ndarray:
-  """Validates a uint8 RGB batch [N, H, W, 3] (one image [H, W, 3] is promoted)."""
-  images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[None]
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'expected uint8 RGB images [N, H, W, 3], got shape {images.shape}')
-  if images.dtype != np.uint8:
-    raise TypeError(
-      f'expected uint8 RGB images (0..255), got dtype {images.dtype}; '
-      'convert with np.asarray(image, np.uint8)'
-    )
-  return images
-
-
-def check_image(image: Any) -> np.ndarray:
-  """Validates one uint8 RGB image [H, W, 3]; returns it as a batch of one [1, H, W, 3]."""
-  if np.ndim(image) != 3:
-    raise ValueError(f'expected one uint8 RGB image [H, W, 3], got shape {np.shape(image)}')
-  return check_images(image)
+from groupvit_jax.weights import checkpoint
 
 
 class GroupViTInference:
@@ -117,21 +96,17 @@ class GroupViTInference:
     released protocol (shorter side 448, 448 windows every 224 px): int32 [H, W]. With a
     `background_threshold` (0.95 on VOC), 0 is background and class i is label i + 1; without
     one, labels are 0..C-1."""
-    from groupvit_jax.evaluators import zero_shot_segmentation  # pylint: disable=g-import-not-at-top
-
-    segmenter = zero_shot_segmentation.Segmenter(self, class_names, background_threshold)
+    segmenter = segmentation.Segmenter(self, class_names, background_threshold)
     return segmenter(check_image(image))[0]
 
   def group_maps(self, image: Any, short_side: int | None = 448) -> list[np.ndarray]:
     """The group each pixel of one uint8 RGB image [H, W, 3] belongs to after each grouping
     stage: int32 [H, W] per stage. The whole image goes through the model at once, resized
     to a `short_side` shorter side (None: as it is)."""
-    from groupvit_jax.evaluators import zero_shot_segmentation as zss  # pylint: disable=g-import-not-at-top
-
     pixels = check_image(image)
     hw = pixels.shape[1:3]
-    out = self.image_outputs(zss.rescale_images(pixels, short_side))
-    maps = zss.stage_group_maps(
+    out = self.image_outputs(segmentation.rescale_images(pixels, short_side))
+    maps = segmentation.stage_group_maps(
       [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), hw
     )
     return [np.asarray(m[0]) for m in maps]
@@ -143,7 +118,7 @@ def load(path: str, dtype: str | None = None) -> GroupViTInference:
   `dtype` overrides the compute dtype ('float32' or 'bfloat16', e.g. bfloat16 on GPU/TPU);
   parameters stay float32 either way.
   """
-  from groupvit_jax import convert  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.weights import released  # pylint: disable=g-import-not-at-top  # torch
 
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
@@ -152,7 +127,7 @@ def load(path: str, dtype: str | None = None) -> GroupViTInference:
   if checkpoint.is_checkpoint(path):
     model_config, variables = checkpoint.load(path)
   else:
-    model_config, variables, _ = convert.convert(path)
+    model_config, variables, _ = released.convert(path)
   if dtype:
     model_config = dict(model_config, dtype=dtype)
   return GroupViTInference(model_config, variables)

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from groupvit_jax import config_checks, train
+from groupvit_jax.training import config_checks, train
 from input_pipeline import failures
 
 FLAGS = flags.FLAGS

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from groupvit_jax import train_checkpoints
-from groupvit_jax.metric_writers import METRICS_FILE
+from groupvit_jax.training import train_checkpoints
+from groupvit_jax.training.metric_writers import METRICS_FILE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,8 @@ import numpy as np
 import transformers
 
 from configs import cc_yfcc_2stage
-from groupvit_jax import checkpoint, optimizer, state_dicts
+from groupvit_jax.training import optimizer
+from groupvit_jax.weights import checkpoint, state_dicts
 
 
 def test_cc_yfcc_2stage_is_the_released_architecture():
@@ -46,7 +47,7 @@ def test_cc_yfcc_2stage_recipe_builds_the_released_schedule():
 
 def test_web_configs_evaluate_every_epoch_only_when_given_the_evaluation_data():
   from configs import cc_1stage, cc_redcaps_2stage  # pylint: disable=g-import-not-at-top
-  from groupvit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
 
   assert len(cc_yfcc_2stage.get_config().evals) == 0
   assert cc_yfcc_2stage.get_config().eval_every_steps == 0

@@ -13,10 +13,9 @@ from PIL import Image
 from test_eval_datasets import _write as write_segmentation_split
 
 import groupvit_jax
-from groupvit_jax import demo, evaluate, tokenizer
+from groupvit_jax import demo, evaluate, segmentation, tokenizer
 from groupvit_jax.evaluators import datasets, metrics
 from groupvit_jax.evaluators import zero_shot_classification as zsc
-from groupvit_jax.evaluators import zero_shot_segmentation as zss
 from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
 from groupvit_jax.prompts import IMAGENET_TEMPLATES, SUBSET_TEMPLATES
 
@@ -165,7 +164,7 @@ def test_segmentation_command_writes_json_and_label_pngs(tiny, voc, tmp_path):
 
   # The saved label maps are the segmenter's, and re-scoring them gives the JSON's numbers.
   dataset = datasets.open_dataset('voc', data_dir)
-  segmenter = zss.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
+  segmenter = segmentation.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
   conf = 0
   for i, key in enumerate(dataset.ids):
     with Image.open(tmp_path / 'pred' / f'{key}.png') as png:
@@ -197,7 +196,8 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 
 
 def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp_path):
-  from groupvit_jax import evaluators, train  # pylint: disable=g-import-not-at-top
+  from groupvit_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.training import train  # pylint: disable=g-import-not-at-top
 
   _, _, model = tiny
   data_dir, _ = voc
@@ -227,7 +227,7 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
 def test_trainer_runs_the_dataset_evaluators_periodically(voc, tmp_path):
   import tiny_train_config  # pylint: disable=g-import-not-at-top
 
-  from groupvit_jax import train  # pylint: disable=g-import-not-at-top
+  from groupvit_jax.training import train  # pylint: disable=g-import-not-at-top
 
   data_dir, _ = voc
   config = tiny_train_config.get_config()

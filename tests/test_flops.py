@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core
 
+from bench import flops
 from configs import cc_yfcc_2stage
-from groupvit_jax import checkpoint, flops, losses
 from groupvit_jax.models import layers
 from groupvit_jax.models.groupvit import GroupViT
+from groupvit_jax.training import losses
+from groupvit_jax.weights import checkpoint
 
 SMALL = {
   'vision': {

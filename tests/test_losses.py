@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import losses
+from groupvit_jax.training import losses
 
 
 def _unit(x):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from groupvit_jax.metric_writers import METRICS_FILE
+from groupvit_jax.training.metric_writers import METRICS_FILE
 
 import cli
 

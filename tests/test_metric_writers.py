@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from groupvit_jax import metric_writers, progress, visualize
+from groupvit_jax import progress, visualize
+from groupvit_jax.training import metric_writers
 
 
 def test_jsonl_rows_and_resume_drops_steps_after_the_checkpoint(tmp_path):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import cc_yfcc_2stage
-from groupvit_jax import optimizer
+from groupvit_jax.training import optimizer
 
 # The released recipe, with a warm-up short enough for these tests.
 RECIPE = dict(cc_yfcc_2stage.get_config().optimizer, warmup_steps=10)

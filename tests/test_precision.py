@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import checkpoint
+from groupvit_jax.weights import checkpoint
 
 CONFIG = dict(
   vision=dict(

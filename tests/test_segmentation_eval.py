@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import groupvit_jax
+from groupvit_jax import segmentation
 from groupvit_jax.evaluators import metrics
 from groupvit_jax.evaluators import zero_shot_segmentation as zss
 
@@ -45,7 +46,7 @@ def test_bilinear_resize_matches_torch(in_hw, out_hw):
   want = torch.nn.functional.interpolate(
     torch.from_numpy(x), size=out_hw, mode='bilinear', align_corners=False
   ).numpy()
-  np.testing.assert_allclose(zss.bilinear_resize(x, out_hw), want, atol=1e-5)
+  np.testing.assert_allclose(segmentation.bilinear_resize(x, out_hw), want, atol=1e-5)
 
 
 def test_group_to_pixel_assignment_matches_numpy():
@@ -53,7 +54,7 @@ def test_group_to_pixel_assignment_matches_numpy():
   b, n, grid, out_hw = 2, 12, (3, 4), (7, 9)
   stage1 = _softmax(rng.normal(size=(b, 8, n)), axis=1).astype(np.float32)  # [B, 8, N]
   stage2 = _softmax(rng.normal(size=(b, 4, 8)), axis=1).astype(np.float32)  # [B, 4, 8]
-  got = np.asarray(zss.group_to_pixel_assignment((stage1, stage2), grid, out_hw))
+  got = np.asarray(segmentation.group_to_pixel_assignment((stage1, stage2), grid, out_hw))
 
   # Patch n goes to final group g with weight sum_k stage1[k, n] * stage2[g, k].
   product = np.zeros((b, 4, n), np.float32)
@@ -72,7 +73,7 @@ def test_background_rule_on_hand_made_group_class_matrix():
   scores = np.array([[[0.5, 0.2, 0.1], [0.3, 0.1, 0.05]]], np.float32)  # [1, S=2, C=3]
   group_map = np.zeros((1, 2, 1, 2), np.float32)
   group_map[0, 0, 0, 0] = group_map[0, 1, 0, 1] = 1  # left pixel group 0, right group 1
-  label = lambda t: np.asarray(zss.pixel_scores(group_map, scores, t).argmax(axis=1))[0, 0]
+  label = lambda t: np.asarray(segmentation.pixel_scores(group_map, scores, t).argmax(axis=1))[0, 0]
   # Threshold min(0.95, 0.5): the left pixel (0.5) is not below it, the right one (0.3) is.
   np.testing.assert_array_equal(label(0.95), [1, 0])
   np.testing.assert_array_equal(label(0.4), [1, 0])
@@ -85,7 +86,7 @@ def test_top5_masking_with_seven_classes():
   class_emb = np.eye(7, dtype=np.float32)  # logits are then scale * embedding coordinates
   image = np.array([[0.1, 0.9, 0.3, 0.8, 0.05, 0.7, 0.6]], np.float32)  # drops classes 0, 4
   groups = rng.normal(size=(1, 3, 7)).astype(np.float32)
-  got = np.asarray(zss.group_class_scores(groups, image, class_emb, 10.0))
+  got = np.asarray(segmentation.group_class_scores(groups, image, class_emb, 10.0))
 
   logits = 10.0 * groups
   keep = np.array([False, True, True, True, False, True, True])
@@ -104,9 +105,9 @@ def test_sliding_windows_average_overlaps():
     ramp = np.arange(ch)[:, None] + 10 * np.arange(cw)[None, :]
     return np.stack([crops[..., 0] * ramp, crops[..., 1] + ramp], axis=1)  # [B, 2, h, w]
 
-  boxes = zss.window_boxes(h, w, window, stride)
+  boxes = segmentation.window_boxes(h, w, window, stride)
   scores = np.stack([fn(images[:, t:b, l:r]) for t, l, b, r in boxes])  # [K, B, 2, h, w]
-  got = zss.average_windows(scores, boxes, (h, w))
+  got = segmentation.average_windows(scores, boxes, (h, w))
   # Independent count: window origins every `stride`, the last shifted back to fit.
   ys = sorted({min(y, h - window) for y in range(0, h - window + stride, stride)})
   xs = sorted({min(x, w - window) for x in range(0, w - window + stride, stride)})
@@ -120,8 +121,8 @@ def test_sliding_windows_average_overlaps():
   np.testing.assert_allclose(got, total / count, rtol=1e-5, atol=1e-5)
 
   # A window larger than the image is one crop, the whole image; a short side, one row.
-  assert zss.window_boxes(h, w, 448, 224) == ((0, 0, h, w),)
-  assert zss.window_boxes(448, 600, 448, 224) == ((0, 0, 448, 448), (0, 152, 448, 600))
+  assert segmentation.window_boxes(h, w, 448, 224) == ((0, 0, h, w),)
+  assert segmentation.window_boxes(448, 600, 448, 224) == ((0, 0, 448, 448), (0, 152, 448, 600))
 
 
 def test_run_end_to_end_on_tiny_random_model(tmp_path):

@@ -4,7 +4,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import sharding
+from groupvit_jax.training import sharding
 
 
 def test_mesh_shapes_from_config():

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from groupvit_jax import checkpoint, optimizer, sharding, train
+from groupvit_jax.training import optimizer, sharding, train
+from groupvit_jax.weights import checkpoint
 
 import hf_reference as ref
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tiny_train_config
 
-from groupvit_jax import checkpoint, config_checks, train
-from groupvit_jax.metric_writers import METRICS_FILE
+from groupvit_jax.training import config_checks, train
+from groupvit_jax.training.metric_writers import METRICS_FILE
+from groupvit_jax.weights import checkpoint
 
 import cli
 from cli import checkpoint_steps, read_metrics, train_rows, wait_for

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import groupvit_jax
-from groupvit_jax import tokenizer
-from groupvit_jax.evaluators import zero_shot_segmentation as zss
+from groupvit_jax import segmentation, tokenizer
 from groupvit_jax.inference import GroupViTInference
 
 import hf_reference as ref
@@ -104,7 +103,7 @@ def test_segmenter_matches_the_protocol_written_out_with_pytorch(models, thresho
   groups, _, _ = _hf_groups(hf, _resize(image, 64)[:, :64])
   extra = np.random.default_rng(0).normal(size=(3, groups.shape[1]))
   class_emb = np.concatenate([groups, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
-  segmenter = zss.Segmenter(ours, NAMES, threshold, short_side=64, window=64, stride=32)
+  segmenter = segmentation.Segmenter(ours, NAMES, threshold, short_side=64, window=64, stride=32)
   segmenter.class_emb = jax.numpy.asarray(class_emb, np.float32)
   got = segmenter(image)
   want = _reference_labels(hf, image, class_emb, threshold, 64, 64, 32)

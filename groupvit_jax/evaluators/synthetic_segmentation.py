@@ -1,6 +1,6 @@
 """Zero-shot segmentation of the synthetic held-out split (the embedded default's evaluator).
 
-The protocol is the paper's (evaluators/zero_shot_segmentation.py) on whole images, which are
+The protocol is the paper's (groupvit_jax/segmentation.py) on whole images, which are
 smaller than its 448 window: "a photo of a {class}." embeddings of the eight shape names, the
 group-to-class scores, and a background threshold for class 0.
 """
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from groupvit_jax import visualize
+from groupvit_jax import segmentation, visualize
 from groupvit_jax.evaluators import metrics, zero_shot_segmentation
 from input_pipeline import synthetic
 
@@ -70,7 +70,7 @@ class SyntheticSegmentation:
     images, masks = self.images[: self.num_pictures], self.masks[: self.num_pictures]
     predictions = self._segment(inference, images, masks, return_predictions=True)['predictions']
     out = inference.image_outputs(images)
-    stages = zero_shot_segmentation.stage_group_maps(
+    stages = segmentation.stage_group_maps(
       [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), images.shape[1:3]
     )
     class_colours = visualize.label_colours(len(synthetic.CLASS_NAMES))

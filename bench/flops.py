@@ -144,9 +144,9 @@ def contrastive_logits_flops(
 ) -> int:
   """Forward FLOPs of one sample's rows of the contrastive logits against the global batch.
 
-  As groupvit_jax/losses.py computes them, both directions are matmuls: the image against the
-  B captions and the caption against the B images; the image against the B * K prompted nouns
-  and each of its K prompts against the B images (K = texts_per_image - 1).
+  As groupvit_jax/training/losses.py computes them, both directions are matmuls: the image
+  against the B captions and the caption against the B images; the image against the B * K
+  prompted nouns and each of its K prompts against the B images (K = texts_per_image - 1).
   """
   e = _settings(GroupViT, model_config)['embed_dim']
   prompts = texts_per_image - 1

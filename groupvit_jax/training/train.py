@@ -26,20 +26,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import (
-  checkpoint,
-  config_checks,
-  evaluators,
-  losses,
-  metric_writers,
-  progress,
-  sharding,
-  train_checkpoints,
-)
-from groupvit_jax import optimizer as optimizers
+from groupvit_jax import evaluators, progress
 from groupvit_jax.image_ops import normalize_images
 from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
+from groupvit_jax.training import config_checks, losses, metric_writers, sharding, train_checkpoints
+from groupvit_jax.training import optimizer as optimizers
+from groupvit_jax.weights import checkpoint
 from input_pipeline import failures, train_data
 
 
