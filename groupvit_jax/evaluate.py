@@ -20,10 +20,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from groupvit_jax import inference, visualize
+from groupvit_jax import evaluators, inference, visualize
 from groupvit_jax.evaluators import datasets
-from groupvit_jax.evaluators.zero_shot_classification import ZeroShotClassification
-from groupvit_jax.evaluators.zero_shot_segmentation import ZeroShotSegmentation
 from groupvit_jax.progress import Progress
 
 _PALETTE = visualize.label_colours(256).reshape(-1).tolist()
@@ -77,13 +75,13 @@ def run(
   dtype: str | None = None,
 ) -> dict:
   """Evaluates `checkpoint` on `dataset`; returns (and optionally writes) the results."""
-  kwargs = dict(max_examples=max_examples, workers=workers)
+  kind = 'zero_shot_classification' if dataset == 'imagenet' else 'zero_shot_segmentation'
+  settings = dict(
+    type=kind, dataset=dataset, data_dir=data_dir, max_examples=max_examples, workers=workers
+  )
   if batch_size:
-    kwargs['batch_size'] = batch_size
-  if dataset == 'imagenet':
-    evaluator = ZeroShotClassification(data_dir, dataset, **kwargs)
-  else:
-    evaluator = ZeroShotSegmentation(dataset, data_dir, **kwargs)
+    settings['batch_size'] = batch_size
+  evaluator = evaluators.create({dataset: settings})[dataset]
   model = inference.load(checkpoint, dtype)
   on_prediction, rows = None, []
   if save_predictions and dataset == 'imagenet':

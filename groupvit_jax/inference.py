@@ -26,10 +26,15 @@ class GroupViTInference:
     self.config = dict(model_config)
     self.model: GroupViT = checkpoint.build_model(model_config)
     self.mesh = Mesh(np.asarray(jax.local_devices() if devices is None else devices), ('batch',))
-    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
+    self.set_variables(variables)
     self.context_length = self.model.text.get('context_length', 77)
     self._image_fn = jax.jit(self._image_forward)
     self._text_fn = jax.jit(lambda v, t: self.model.apply(v, t, method=GroupViT.text_features))
+
+  def set_variables(self, variables: Mapping[str, Any]) -> None:
+    """Replaces the weights with others of the same shapes (e.g. a newer training step); the
+    compiled encoders stay valid, so nothing recompiles."""
+    self.variables = jax.device_put(variables, NamedSharding(self.mesh, P()))
 
   def _image_forward(self, variables, images_uint8) -> ImageOutput:
     return self.model.apply(variables, normalize_images(images_uint8), method=GroupViT.encode_image)

@@ -6,6 +6,7 @@ import json
 import os
 import types
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,8 @@ from PIL import Image
 from test_eval_datasets import _write as write_segmentation_split
 
 import groupvit_jax
-from groupvit_jax import demo, evaluate, segmentation, tokenizer
-from groupvit_jax.evaluators import datasets, metrics
+from groupvit_jax import demo, evaluate, evaluators, segmentation, tokenizer
+from groupvit_jax.evaluators import common, datasets, metrics
 from groupvit_jax.evaluators import zero_shot_classification as zsc
 from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
 from groupvit_jax.prompts import IMAGENET_TEMPLATES, SUBSET_TEMPLATES
@@ -196,7 +197,6 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 
 
 def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp_path):
-  from groupvit_jax import evaluators  # pylint: disable=g-import-not-at-top
   from groupvit_jax.training import train  # pylint: disable=g-import-not-at-top
 
   _, _, model = tiny
@@ -214,11 +214,31 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
   )
   logged = {}
   writer = types.SimpleNamespace(write_scalars=lambda step, scalars: logged.update(scalars))
-  train.evaluate(evals, model.config, state, 7, writer, str(tmp_path), pictures=True)
+  evaluate = train.PeriodicEvaluation(evals, model.config)
+  evaluate(state, 7, writer, str(tmp_path), pictures=True)
   assert {'voc_miou', 'voc_macc', 'voc_aacc', 'voc_iou_monitor'} <= set(logged)
   assert 0 <= logged['voc_miou'] <= 1
   pictures = tmp_path / 'pictures' / 'voc' / 'step_7'
   assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
+
+  # The next evaluation, on other weights of the same shapes, compiles nothing.
+  state = types.SimpleNamespace(
+    params=jax.tree.map(lambda p: np.asarray(p) * 1.01, state.params),
+    batch_stats=state.batch_stats,
+  )
+  first, compiles = dict(logged), []
+
+  def count(event, seconds, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(seconds)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    evaluate(state, 8, writer, str(tmp_path), pictures=False)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert not compiles, f'{len(compiles)} compilations in the second evaluation'
+  assert logged.keys() == first.keys()
   with pytest.raises(datasets.LayoutError, match='VOCdevkit'):
     evaluators.create({'voc': dict(type='zero_shot_segmentation', dataset='voc', data_dir='/no')})
 
@@ -278,3 +298,38 @@ def test_prefetch_keeps_order_and_subset_spreads():
   ]
   assert datasets.subset(10, None) == list(range(10)) and datasets.subset(10, 20) == list(range(10))
   assert datasets.subset(10, 4) == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize('processes', [2, 3])
+def test_processes_split_the_split_and_their_sums_equal_one_process(
+  tiny, voc, imagenet, monkeypatch, processes
+):
+  """Each of N (simulated) processes evaluates its share of the split; the counts summed over
+  processes give exactly one process's result over the whole split."""
+  _, _, model = tiny
+  segment = evaluators.create(
+    {'voc': dict(type='zero_shot_segmentation', dataset='voc', data_dir=voc[0], short_side=64,
+                 window=64, stride=32)}
+  )['voc']  # fmt: skip
+  classify = evaluators.create(
+    {'imagenet': dict(type='zero_shot_classification', data_dir=imagenet[0], max_examples=7)}
+  )['imagenet']
+  whole = {'voc': segment.evaluate(model), 'imagenet': classify.evaluate(model)}
+
+  shares = {'voc': [], 'imagenet': []}
+  for index in range(processes):
+    monkeypatch.setattr(common.jax, 'process_index', lambda index=index: index)
+    monkeypatch.setattr(common.jax, 'process_count', lambda: processes)
+    for name, evaluator in (('voc', segment), ('imagenet', classify)):
+      seen = []
+      # The collective sum is where processes meet: here each keeps (and returns) its own.
+      monkeypatch.setattr(common, 'process_sum', lambda c, seen=seen: seen.append(c) or c)
+      evaluator.evaluate(model)
+      shares[name].append(seen[0])
+  np.testing.assert_array_equal(sum(shares['voc']), whole['voc']['confusion_matrix'])
+  correct1, correct5, total = sum(shares['imagenet'])
+  assert total == whole['imagenet']['num_images'] == 7
+  assert correct1 / total == whole['imagenet']['top1']
+  assert correct5 / total == whole['imagenet']['top5']
+  # Every process got images to work on (the split is shared, not repeated).
+  assert all(share.sum() > 0 for share in shares['voc'])

@@ -42,23 +42,19 @@ class SyntheticSegmentation:
     self.batch_size = batch_size
     self.num_pictures = min(num_pictures, num_examples)
 
-  def _segment(self, inference, images, masks, return_predictions=False) -> dict:
-    size = images.shape[1]
-    return zero_shot_segmentation.run(
+  def run(self, inference) -> dict:
+    """{'miou', 'macc', 'aacc', 'iou_<class>'..., 'most_frequent_label_miou'} as fractions."""
+    size = self.images.shape[1]
+    result = zero_shot_segmentation.run(
       inference,
-      list(images),
-      list(masks),
+      self.images,
+      self.masks,
       synthetic.CLASS_NAMES,
       self.background_threshold,
       batch_size=self.batch_size,
       window=size,
       stride=size,
-      return_predictions=return_predictions,
     )
-
-  def run(self, inference) -> dict:
-    """{'miou', 'macc', 'aacc', 'iou_<class>'..., 'most_frequent_label_miou'} as fractions."""
-    result = self._segment(inference, self.images, self.masks)
     scores = {k: result[k] for k in ('miou', 'macc', 'aacc')}
     scores.update({f'iou_{name}': v for name, v in result['per_class'].items()})
     scores['most_frequent_label_miou'] = self.baseline_miou
@@ -68,7 +64,16 @@ class SyntheticSegmentation:
     """segmentation.png: per scene the image, true and predicted labels, and each stage's
     groups."""
     images, masks = self.images[: self.num_pictures], self.masks[: self.num_pictures]
-    predictions = self._segment(inference, images, masks, return_predictions=True)['predictions']
+    size = images.shape[1]
+    segmenter = segmentation.Segmenter(
+      inference,
+      synthetic.CLASS_NAMES[1:],
+      background_threshold=self.background_threshold,
+      short_side=None,
+      window=size,
+      stride=size,
+    )
+    predictions = segmenter(images)
     out = inference.image_outputs(images)
     stages = segmentation.stage_group_maps(
       [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), images.shape[1:3]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from groupvit_jax.evaluators import datasets
+from groupvit_jax.evaluators import common, datasets
 from groupvit_jax.progress import Progress
 from groupvit_jax.prompts import SUBSET_TEMPLATES
 
@@ -60,31 +60,24 @@ def evaluate(
   on_prediction: Callable[[Any, int], None] | None = None,
   progress: Progress | None = None,
 ) -> dict:
-  """Streams (image uint8 [224, 224, 3], label, key) through `classifier`: {'top1', 'top5'}
-  as fractions, and 'num_images'. `on_prediction(key, class)` sees each top-1 class."""
-  correct1 = correct5 = total = 0
-
-  def flush(batch):
-    nonlocal correct1, correct5, total
+  """Streams this process's (image uint8 [224, 224, 3], label, key) through `classifier`:
+  {'top1', 'top5'} as fractions and 'num_images' over every process's share. `on_prediction(key,
+  class)` sees each of this process's top-1 classes."""
+  counts = np.zeros(3, np.int64)  # top-1 correct, top-5 correct, images
+  for batch in common.batches(examples, batch_size):
     similarities = classifier(np.stack([image for image, _, _ in batch]))
     labels = np.array([label for _, label, _ in batch])
-    correct1 += int(top_k_correct(similarities, labels, 1).sum())
-    correct5 += int(top_k_correct(similarities, labels, 5).sum())
-    total += len(batch)
+    counts += [
+      top_k_correct(similarities, labels, 1).sum(),
+      top_k_correct(similarities, labels, 5).sum(),
+      len(batch),
+    ]
     if on_prediction is not None:
       for (_, _, key), row in zip(batch, similarities):
         on_prediction(key, int(np.argmax(row)))
     if progress is not None:
       progress.update(len(batch))
-
-  batch = []
-  for example in examples:
-    batch.append(example)
-    if len(batch) == batch_size:
-      flush(batch)
-      batch = []
-  if batch:
-    flush(batch)
+  correct1, correct5, total = common.process_sum(counts).tolist()
   if not total:
     raise ValueError('no images to classify')
   return {'top1': correct1 / total, 'top5': correct5 / total, 'num_images': total}
@@ -97,6 +90,7 @@ class ZeroShotClassification:
 
   def __init__(
     self,
+    *,
     data_dir: str,
     dataset: str = 'imagenet',
     max_examples: int | None = None,
@@ -110,7 +104,7 @@ class ZeroShotClassification:
     self.batch_size, self.workers = batch_size, workers
 
   def evaluate(self, inference, on_prediction=None, progress: Progress | None = None) -> dict:
-    """{'top1', 'top5', 'num_images'}."""
+    """{'top1', 'top5', 'num_images'}; each process classifies its share of the split."""
     ids = self.data.ids
 
     def load(i):
@@ -119,7 +113,7 @@ class ZeroShotClassification:
 
     return evaluate(
       Classifier(inference, self.data.class_names),
-      datasets.prefetch(load, self.indices, self.workers),
+      datasets.prefetch(load, common.process_share(self.indices), self.workers),
       self.batch_size,
       on_prediction,
       progress,

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from groupvit_jax import visualize
-from groupvit_jax.evaluators import datasets, metrics
+from groupvit_jax.evaluators import common, datasets, metrics
 from groupvit_jax.progress import Progress
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
 from groupvit_jax.segmentation import Segmenter
@@ -22,36 +22,28 @@ def evaluate(
   on_prediction: Callable[[Any, np.ndarray], None] | None = None,
   progress: Progress | None = None,
 ) -> dict:
-  """Streams (image uint8 [H, W, 3], mask [H, W], key) through `segmenter` and scores the
-  label maps against the masks over the whole split (metrics.segmentation_metrics plus the
-  'confusion_matrix'). Consecutive images of one size share a batch. `class_names` names the
-  segmenter's labels; `on_prediction(key, labels)` sees each label map.
+  """Streams this process's (image uint8 [H, W, 3], mask [H, W], key) through `segmenter` and
+  scores the label maps against the masks over the whole split, every process's confusion
+  matrix summed (metrics.segmentation_metrics plus the 'confusion_matrix'). Consecutive images
+  of one size share a batch. `class_names` names the segmenter's labels; `on_prediction(key,
+  labels)` sees each of this process's label maps.
   """
   num_labels = len(class_names)
   if num_labels != segmenter.num_labels:
     raise ValueError(f'{num_labels} class names for a segmenter of {segmenter.num_labels} labels')
   conf = np.zeros((num_labels, num_labels), np.int64)
-
-  def flush(batch):
+  for batch in common.batches(examples, batch_size):
     predictions = segmenter(np.stack([image for image, _, _ in batch]))
     for (image, mask, key), pred in zip(batch, predictions):
       mask = np.asarray(mask)
       if mask.shape != pred.shape:
         raise ValueError(f'{key}: mask {mask.shape} does not match its image {image.shape[:2]}')
-      conf[:] += metrics.confusion_matrix(pred, mask, num_labels, ignore_index)
+      conf += metrics.confusion_matrix(pred, mask, num_labels, ignore_index)
       if on_prediction is not None:
         on_prediction(key, pred)
     if progress is not None:
       progress.update(len(batch))
-
-  batch = []
-  for image, mask, key in examples:
-    if batch and (len(batch) == batch_size or np.shape(image) != np.shape(batch[0][0])):
-      flush(batch)
-      batch = []
-    batch.append((np.asarray(image), mask, key))
-  if batch:
-    flush(batch)
+  conf = common.process_sum(conf)
   result = metrics.segmentation_metrics(conf, class_names)
   result['confusion_matrix'] = conf
   return result
@@ -72,11 +64,12 @@ def run(
   ignore_index: int = 255,
   return_predictions: bool = False,
 ) -> dict:
-  """Zero-shot segmentation of in-memory uint8 RGB images [H, W, 3] against masks [H, W].
+  """Zero-shot segmentation of in-memory uint8 RGB images [H, W, 3] against masks [H, W],
+  every process given the whole split and scoring its share (common.process_share).
 
   A dataset whose class 0 is 'background' needs `background_threshold` (VOC 0.95, Context
   0.35, COCO-Object 0.95). `short_side` resizes images first (448 in the protocol). With
-  `return_predictions`, 'predictions' holds the label maps.
+  `return_predictions`, 'predictions' holds this process's label maps.
   """
   with_bg = class_names[0] == 'background'
   if with_bg and background_threshold is None:
@@ -86,17 +79,18 @@ def run(
   segmenter = Segmenter(
     model_inference,
     class_names[1:] if with_bg else class_names,
-    background_threshold if with_bg else None,
-    templates,
-    short_side,
-    window,
-    stride,
-    max_long_side,
+    background_threshold=background_threshold if with_bg else None,
+    templates=templates,
+    short_side=short_side,
+    window=window,
+    stride=stride,
+    max_long_side=max_long_side,
   )
   predictions = []
+  share = common.process_share(range(len(masks)))
   result = evaluate(
     segmenter,
-    zip(images_uint8, masks, range(len(masks))),
+    ((images_uint8[i], masks[i], i) for i in share),
     class_names,
     batch_size,
     ignore_index,
@@ -118,6 +112,7 @@ class ZeroShotSegmentation:
 
   def __init__(
     self,
+    *,
     dataset: str,
     data_dir: str,
     max_examples: int | None = None,
@@ -141,7 +136,10 @@ class ZeroShotSegmentation:
 
   def segmenter(self, inference) -> Segmenter:
     return Segmenter(
-      inference, self.data.class_names[1:], self.background_threshold, **self.protocol
+      inference,
+      self.data.class_names[1:],
+      background_threshold=self.background_threshold,
+      **self.protocol,
     )
 
   def _examples(self, indices):
@@ -152,10 +150,11 @@ class ZeroShotSegmentation:
     return datasets.prefetch(load, indices, self.workers)
 
   def evaluate(self, inference, on_prediction=None, progress: Progress | None = None) -> dict:
-    """The full result: metrics.segmentation_metrics plus 'confusion_matrix', 'num_images'."""
+    """The full result: metrics.segmentation_metrics plus 'confusion_matrix', 'num_images'.
+    Each process segments its share of the split; `on_prediction` sees that share."""
     result = evaluate(
       self.segmenter(inference),
-      self._examples(self.indices),
+      self._examples(common.process_share(self.indices)),
       self.data.class_names,
       self.batch_size,
       on_prediction=on_prediction,

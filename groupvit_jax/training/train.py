@@ -179,33 +179,43 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
-def evaluate(
-  evals: dict, model_config, state, step: int, writer, workdir: str, pictures: bool
-) -> None:
-  """Runs every evaluator on the current weights and logs their metrics (and pictures)."""
-  if not evals:
-    return
-  # A full copy of the weights on this process's devices: evaluators run per process, whatever
-  # the training mesh shards (fsdp) or spans (other hosts).
-  variables = multihost_utils.process_allgather(
-    {'params': state.params, 'batch_stats': state.batch_stats}, tiled=True
-  )
-  inference = GroupViTInference(model_config, variables)
-  for name, evaluator in evals.items():
-    start = time.time()
-    results = evaluator.run(inference)
-    writer.write_scalars(step, {f'{name}_{k}': v for k, v in results.items()})
-    logging.info(
-      'step %d | %s: %s (%.1fs)',
-      step,
-      name,
-      ', '.join(f'{k} {v:.4f}' for k, v in results.items() if k in ('miou', 'top1')),
-      time.time() - start,
+class PeriodicEvaluation:
+  """Runs every evaluator of `config.evals` on the current weights and logs their metrics
+  (and pictures). The inference model is built at the first evaluation and then only given
+  new weights, so its compiled encoders and the protocol's jitted steps serve the whole run."""
+
+  def __init__(self, evals: dict, model_config):
+    self.evals = evals
+    self.model_config = model_config
+    self.inference = None
+
+  def __call__(self, state, step: int, writer, workdir: str, pictures: bool) -> None:
+    if not self.evals:
+      return
+    # A full copy of the weights on this process's devices: evaluators run per process (each
+    # on its share of the split), whatever the training mesh shards (fsdp) or spans (hosts).
+    variables = multihost_utils.process_allgather(
+      {'params': state.params, 'batch_stats': state.batch_stats}, tiled=True
     )
-    if pictures and jax.process_index() == 0:
-      directory = os.path.join(workdir, 'pictures', name, f'step_{step}')
-      evaluator.write_pictures(inference, directory)
-      logging.info('wrote %s', directory)
+    if self.inference is None:
+      self.inference = GroupViTInference(self.model_config, variables)
+    else:
+      self.inference.set_variables(variables)
+    for name, evaluator in self.evals.items():
+      start = time.time()
+      results = evaluator.run(self.inference)
+      writer.write_scalars(step, {f'{name}_{k}': v for k, v in results.items()})
+      logging.info(
+        'step %d | %s: %s (%.1fs)',
+        step,
+        name,
+        ', '.join(f'{k} {v:.4f}' for k, v in results.items() if k in ('miou', 'top1')),
+        time.time() - start,
+      )
+      if pictures and jax.process_index() == 0:
+        directory = os.path.join(workdir, 'pictures', name, f'step_{step}')
+        evaluator.write_pictures(self.inference, directory)
+        logging.info('wrote %s', directory)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -252,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('resumed from the checkpoint at step %d in %s', int(state.step), workdir)
   step = int(state.step)
   writer = metric_writers.create_writer(workdir, resume_step=step)
-  evals = evaluators.create(config.get('evals', {}))
+  evaluate = PeriodicEvaluation(evaluators.create(config.get('evals', {})), model_config)
   train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum)
   batch_sharding = sharding.batch_sharding(mesh)
   total = config.total_steps
@@ -305,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
       if config.get('eval_every_steps') and step % config.eval_every_steps == 0 and step < total:
-        evaluate(evals, model_config, state, step, writer, workdir, pictures=False)
+        evaluate(state, step, writer, workdir, pictures=False)
         log_time, log_step = time.time(), step  # evaluation time is not training time
       if preemption.reached(manager, step):
         if last_saved != step:
@@ -316,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         return metrics
     manager.wait_until_finished()
-    evaluate(evals, model_config, state, step, writer, workdir, pictures=True)
+    evaluate(state, step, writer, workdir, pictures=True)
     if jax.process_count() == 1:
       variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
       checkpoint.save(
