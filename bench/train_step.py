@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from mfu import load_config  # noqa: E402
 
-from groupvit_jax.training import optimizer, sharding, train  # noqa: E402
+from groupvit_jax.training import optimizer, sharding, steps, train  # noqa: E402
 from groupvit_jax.weights import checkpoint  # noqa: E402
 
 
@@ -64,12 +64,16 @@ def main():
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1})
   sharding.check_batch_size(batch_size, mesh)
   model = checkpoint.build_model(model_config)
-  opt = optimizer.make_optimizer(config.optimizer, config.total_steps)
-  schedule = optimizer.schedule_from_config(config.optimizer, config.total_steps)
+  # The run's durations and rates for this batch, as the trainer derives them.
+  config.batch_size = batch_size
+  run = steps.run_steps(config)
+  schedule_args = dict(batch_size=batch_size, warmup_steps=run.warmup, total_steps=run.updates)
+  opt = optimizer.make_optimizer(config.optimizer, **schedule_args)
+  schedule = optimizer.schedule_from_config(config.optimizer, **schedule_args)
   init = functools.partial(train.create_train_state, model, opt, 0)
   shardings = train.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=shardings)()
-  step = train.make_train_step(model, opt, schedule, mesh, shardings)
+  step = train.make_train_step(model, opt, schedule, mesh, shardings, run.grad_accum_steps)
   rng = np.random.default_rng(0)
   batch = jax.device_put(
     {

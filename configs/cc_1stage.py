@@ -14,6 +14,6 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   vision.depths = (6, 6)  # 12 blocks as in the 2-stage model
   vision.num_group_tokens = (64, 0)
   vision.num_output_groups = (8,)  # the grouping block's token MLP maps 64 tokens to 8
-  cc_yfcc_2stage.set_epoch_length(config, NUM_TRAIN_EXAMPLES)
+  config.num_train_examples = NUM_TRAIN_EXAMPLES
   config.data.shards = ('/data/cc3m/{00000..00331}.tar', '/data/cc12m/{00000..01242}.tar')
   return config

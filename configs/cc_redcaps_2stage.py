@@ -12,7 +12,7 @@ NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203 + 11_866_987
 
 def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   config = cc_yfcc_2stage.get_config(eval_data_dir)
-  cc_yfcc_2stage.set_epoch_length(config, NUM_TRAIN_EXAMPLES)
+  config.num_train_examples = NUM_TRAIN_EXAMPLES
   config.data.shards = (
     '/data/cc3m/{00000..00331}.tar',
     '/data/cc12m/{00000..01242}.tar',

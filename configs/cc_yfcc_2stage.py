@@ -5,10 +5,14 @@ The model section is the released architecture: converted official weights load 
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """The released 2-stage GroupViT-S (GROUPVIT_FACTS.md)."""
+  """The released 2-stage GroupViT-S.
+
+  See docs/released_model.md, from "Image tower" to "Projection heads and temperatures".
+  """
   return ml_collections.ConfigDict(
     dict(
       vision=dict(
@@ -45,16 +49,9 @@ def get_model_config() -> ml_collections.ConfigDict:
 # Decoding processes per host (see the README's input-pipeline figures).
 WORKERS = 32
 
-# CC3M + CC12M + YFCC14M image-text pairs in the released recipe (GROUPVIT_FACTS.md).
+# CC3M + CC12M + YFCC14M image-text pairs in the released recipe
+# (docs/released_model.md, "Training recipe and data").
 NUM_TRAIN_EXAMPLES = 2_891_445 + 11_156_203 + 14_615_499
-
-
-def set_epoch_length(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
-  """Steps, warm-up (2 epochs) and evaluation (every epoch) for a training set's size."""
-  steps_per_epoch = -(-num_train_examples // config.batch_size)  # ceil
-  config.total_steps = config.epochs * steps_per_epoch
-  config.optimizer.warmup_steps = 2 * steps_per_epoch  # the paper says 5; the code says 2
-  config.eval_every_steps = steps_per_epoch if config.evals else 0
 
 
 def zero_shot_evals(eval_data_dir: str) -> dict:
@@ -72,6 +69,9 @@ def zero_shot_evals(eval_data_dir: str) -> dict:
 def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   """The recipe of group_vit_gcc_yfcc_30e: 30 epochs at global batch 4096.
 
+  Durations are in epochs; the trainer turns them into steps for the batch size the run has
+  (training/steps.py), and scales the learning rates with that batch, as released.
+
   `--config=configs/cc_yfcc_2stage.py:DIR` also evaluates zero-shot every epoch on the
   datasets under DIR (see zero_shot_evals); without DIR, nothing is evaluated.
   """
@@ -81,13 +81,21 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   # The authors stress that the batch size is crucial: 2048 cost about 5 mIoU on VOC, and
   # gradient accumulation adds no contrastive negatives.
   config.batch_size = 4096
-  config.epochs = 30
+  # Epochs of num_train_examples, the training set's size (set it for other data). An
+  # explicit total_steps, optimizer.warmup_steps or eval_every_steps wins over its epochs.
+  config.epochs = 30.0
+  config.num_train_examples = NUM_TRAIN_EXAMPLES
+  config.total_steps = config_dict.placeholder(int)
   config.optimizer = ml_collections.ConfigDict(
     dict(
-      lr=1.6e-3,  # peak, not rescaled with the batch size
+      # The rates at global batch 4096; the trainer scales all three linearly with the global
+      # batch (times grad_accum_steps), as the released main_group_vit.py does.
+      lr=1.6e-3,  # peak
       warmup_lr=4e-6,
       min_lr=4e-5,
-      warmup_steps=0,  # set_epoch_length: 2 epochs
+      scale_lr_with_batch=True,
+      warmup_epochs=2.0,  # the paper says 5; the released code 2
+      warmup_steps=config_dict.placeholder(int),  # in optimizer updates
       weight_decay=0.05,  # not on biases, norms or temperatures
       b1=0.9,
       b2=0.999,
@@ -127,5 +135,6 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.evals = zero_shot_evals(eval_data_dir) if eval_data_dir else {}
-  set_epoch_length(config, NUM_TRAIN_EXAMPLES)
+  config.eval_every_epochs = 1.0
+  config.eval_every_steps = config_dict.placeholder(int)  # 0: at the end only
   return config

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
       lr=3e-3,
       warmup_lr=1e-5,
       min_lr=1e-5,
+      scale_lr_with_batch=False,  # the rates as given, whatever the batch
       warmup_steps=25,
       weight_decay=0.05,
       b1=0.9,

@@ -179,7 +179,9 @@ class SyntheticConfig:
   min_visible: the area every shape still covers after the later shapes are drawn over it.
   """
 
-  image_size: int = 64
+  # A training config must still give config.data.image_size, the vision tower's, which the
+  # images must match; the default serves evaluators and tests.
+  image_size: int = dataclasses.field(default=64, metadata={'required': True})
   min_objects: int = 1
   max_objects: int = 3
   seed: int = 0

@@ -8,44 +8,91 @@ data exactly where they stopped, and `counters()`: counts the trainer logs with 
 
   it = create_iterator(config.data, config.batch_size, config.seed)
   batch = next(it)
+
+The keys of config.data are declared once, as dataclass fields: besides 'name' (and 'shards'),
+a synthetic source takes SyntheticConfig's fields (but `seed`, which is config.seed) and
+TEXT_FIELDS, a webdataset source PipelineConfig's, with TransformConfig's flat in place of
+`transform`. An absent key keeps the field's default; `data_keys` lists them for the config
+checks, True where a config must give the key.
 """
 
 import collections
 import concurrent.futures
-from typing import Any, Iterator, Mapping
+import dataclasses
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from groupvit_jax.tokenizer import tokenize
 from input_pipeline import image_transforms, shards, synthetic, text, web_pipeline
 
-# Per source (config.data.name): its config keys, True where required.
-DATA_KEYS = {
-  'synthetic': {
-    'name': True,
-    'image_size': True,
-    'context_length': True,
-    'num_prompts': False,
-    'min_objects': False,
-    'max_objects': False,
-    'shape_colours': False,
-    'caption_attributes': False,
-  },
-  'webdataset': {
-    'name': True,
-    'shards': True,
-    'context_length': True,
-    'num_prompts': False,
-    'image_size': False,
-    'min_scale': False,
-    'randaugment': False,
-    'random_erasing': False,
-    'colour_jitter': False,
-    'shuffle_buffer': False,
-    'cycle_length': False,
-    'workers': False,
-  },
-}
+SOURCES = ('synthetic', 'webdataset')  # config.data.name
+# How captions become token rows is PipelineConfig's to say; the synthetic source makes its rows
+# the same way, so its keys for that (and their defaults) are these fields of PipelineConfig.
+TEXT_FIELDS = ('num_prompts', 'context_length')
+_PIPELINE_FIELDS = ('num_prompts', 'context_length', 'shuffle_buffer', 'cycle_length', 'workers')
+
+
+def _fields(cls: type, names: Iterable[str] | None = None) -> dict[str, bool]:
+  """{field: whether a config must give it} for `cls`'s fields (or those of `names`): those
+  without a default, or whose metadata says a config must set them."""
+  return {
+    f.name: f.metadata.get('required', False)
+    or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    for f in dataclasses.fields(cls)
+    if names is None or f.name in names
+  }
+
+
+def _given(cls: type, data_config: Mapping[str, Any], names: Iterable[str] | None = None) -> dict:
+  """The values `data_config` gives for `cls`'s fields (or those of `names`); KeyError names
+  a required one it lacks."""
+  fields = _fields(cls, names)
+  for name, required in fields.items():
+    if required and name not in data_config:
+      raise KeyError(f'config.data.{name}')
+  return {k: data_config[k] for k in fields if k in data_config}
+
+
+def data_keys(name: str) -> dict[str, bool]:
+  """The keys of config.data for source `name`, True where required: 'name' (and 'shards'),
+  then the fields of the source's dataclasses, flat."""
+  if name == 'synthetic':
+    scenes = _fields(synthetic.SyntheticConfig)
+    del scenes['seed']  # the run's config.seed
+    return {'name': True, **scenes, **_fields(web_pipeline.PipelineConfig, TEXT_FIELDS)}
+  if name == 'webdataset':
+    return {
+      'name': True,
+      'shards': True,
+      **_fields(web_pipeline.PipelineConfig, _PIPELINE_FIELDS),
+      **_fields(image_transforms.TransformConfig),
+    }
+  raise ValueError(f'unknown data source config.data.name={name!r}; expected one of {SOURCES}')
+
+
+def synthetic_config(data_config: Mapping[str, Any], seed: int) -> synthetic.SyntheticConfig:
+  """The scenes of a synthetic `config.data`; `seed` is the run's."""
+  return synthetic.SyntheticConfig(**_given(synthetic.SyntheticConfig, data_config), seed=seed)
+
+
+def text_options(data_config: Mapping[str, Any]) -> dict[str, int]:
+  """The TEXT_FIELDS of a synthetic `config.data`: how its captions become token rows."""
+  options = web_pipeline.PipelineConfig(
+    **_given(web_pipeline.PipelineConfig, data_config, TEXT_FIELDS)
+  )
+  return {name: getattr(options, name) for name in TEXT_FIELDS}
+
+
+def pipeline_config(data_config: Mapping[str, Any]) -> web_pipeline.PipelineConfig:
+  """The pipeline of a webdataset `config.data`; the transform's keys are flat there too."""
+  given = _given(web_pipeline.PipelineConfig, data_config, _PIPELINE_FIELDS)
+  default = web_pipeline.PipelineConfig(**given)
+  transform = dataclasses.replace(
+    default.transform, **_given(image_transforms.TransformConfig, data_config)
+  )
+  return dataclasses.replace(default, transform=transform)
+
 
 WEBDATASET_LAYOUT = (
   'img2dataset webdataset shards: .tar files of KEY.jpg (or .png, .webp) with its caption in '
@@ -151,39 +198,16 @@ def create_iterator(
   name = data_config['name']
   if name == 'synthetic':
     return SyntheticIterator(
-      synthetic.SyntheticConfig(
-        image_size=data_config['image_size'],
-        min_objects=data_config.get('min_objects', 1),
-        max_objects=data_config.get('max_objects', 3),
-        shape_colours=data_config.get('shape_colours', False),
-        caption_attributes=data_config.get('caption_attributes', True),
-        seed=seed,
-      ),
+      synthetic_config(data_config, seed),
       global_batch,
-      data_config.get('num_prompts', 3),
-      data_config['context_length'],
-      process_index,
-      process_count,
+      **text_options(data_config),
+      process_index=process_index,
+      process_count=process_count,
     )
   if name == 'webdataset':
     if global_batch % process_count:
       raise ValueError(f'batch_size {global_batch} is not divisible by {process_count} processes')
-    defaults = image_transforms.TransformConfig()
-    transform = image_transforms.TransformConfig(
-      image_size=data_config.get('image_size', defaults.image_size),
-      min_scale=data_config.get('min_scale', defaults.min_scale),
-      randaugment=data_config.get('randaugment', defaults.randaugment),
-      random_erasing=data_config.get('random_erasing', defaults.random_erasing),
-      colour_jitter=data_config.get('colour_jitter', defaults.colour_jitter),
-    )
-    pipeline = web_pipeline.PipelineConfig(
-      transform=transform,
-      num_prompts=data_config.get('num_prompts', 3),
-      context_length=data_config['context_length'],
-      shuffle_buffer=data_config.get('shuffle_buffer', 10_000),
-      cycle_length=data_config.get('cycle_length', 4),
-      workers=data_config.get('workers', 0),
-    )
+    pipeline = pipeline_config(data_config)
     paths = shards.expand(data_config['shards'])
     return web_pipeline.WebDatasetIterator(
       web_pipeline.build(

@@ -38,7 +38,9 @@ class PipelineConfig:
 
   transform: image_transforms.TransformConfig = image_transforms.TransformConfig()
   num_prompts: int = 3
-  context_length: int = 77
+  # A training config must still give config.data.context_length, the text tower's, which the
+  # tokens must match; the default serves tools and tests.
+  context_length: int = dataclasses.field(default=77, metadata={'required': True})
   shuffle_buffer: int = 10_000
   cycle_length: int = 4  # shards read at once, per worker
   workers: int = 0  # 0: in this process

@@ -11,8 +11,9 @@ import pytest
 from configs import cc_yfcc_2stage
 from groupvit_jax.training import optimizer
 
-# The released recipe, with a warm-up short enough for these tests.
-RECIPE = dict(cc_yfcc_2stage.get_config().optimizer, warmup_steps=10)
+# The released recipe at its batch (rates unscaled), with a warm-up short enough for these tests.
+RECIPE = cc_yfcc_2stage.get_config().optimizer.to_dict()
+SCHEDULE = dict(batch_size=4096, warmup_steps=10, total_steps=100)
 
 
 def test_schedule_warmup_then_cosine_by_hand():
@@ -49,7 +50,9 @@ def test_no_weight_decay_on_biases_scales_and_temperatures():
   }
 
   # With zero gradients only decay moves parameters: kernels shrink, the rest stays.
-  opt = optimizer.make_optimizer(dict(RECIPE, warmup_lr=1e-2, lr=1e-2, warmup_steps=0), 100)
+  opt = optimizer.make_optimizer(
+    dict(RECIPE, warmup_lr=1e-2, lr=1e-2), **dict(SCHEDULE, warmup_steps=0)
+  )
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = opt.update(zeros, opt.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -59,7 +62,7 @@ def test_no_weight_decay_on_biases_scales_and_temperatures():
 
 
 def test_gradients_clipped_to_global_norm_5():
-  opt = optimizer.make_optimizer(dict(RECIPE, weight_decay=0.0), 100)
+  opt = optimizer.make_optimizer(dict(RECIPE, weight_decay=0.0), **SCHEDULE)
   params = {'w': jnp.zeros((2, 2))}
   grads = {'w': jnp.full((2, 2), 10.0)}  # global norm 20
   state = opt.init(params)
@@ -69,9 +72,11 @@ def test_gradients_clipped_to_global_norm_5():
 
 
 def test_gradient_accumulation_averages_micro_batches():
-  config = dict(RECIPE, weight_decay=0.0, grad_accum_steps=2, warmup_steps=0)
-  accumulated = optimizer.make_optimizer(config, 100)
-  single = optimizer.make_optimizer(dict(config, grad_accum_steps=1), 100)
+  config = dict(RECIPE, weight_decay=0.0, grad_accum_steps=2, scale_lr_with_batch=False)
+  accumulated = optimizer.make_optimizer(config, **dict(SCHEDULE, warmup_steps=0))
+  single = optimizer.make_optimizer(
+    dict(config, grad_accum_steps=1), **dict(SCHEDULE, warmup_steps=0)
+  )
   params = {'w': jnp.ones(3)}
   g1, g2 = {'w': jnp.array([1.0, 2.0, 3.0])}, {'w': jnp.array([3.0, 0.0, -1.0])}
   state = accumulated.init(params)
@@ -81,3 +86,28 @@ def test_gradient_accumulation_averages_micro_batches():
   mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
   expected, _ = single.update(mean, single.init(params), params)
   np.testing.assert_allclose(u2['w'], expected['w'], rtol=1e-6)
+
+
+def test_rates_scale_linearly_with_the_global_batch_as_released():
+  """main_group_vit.py: lr, warmup_lr and min_lr x batch x accumulation / 4096."""
+  released = {k: RECIPE[k] for k in ('lr', 'warmup_lr', 'min_lr')}
+  assert optimizer.scaled_rates(RECIPE, 4096) == released
+  for batch, accum, scale in ((1024, 1, 0.25), (8192, 1, 2.0), (1024, 4, 1.0), (512, 2, 0.25)):
+    rates = optimizer.scaled_rates(dict(RECIPE, grad_accum_steps=accum), batch)
+    assert rates == pytest.approx({k: v * scale for k, v in released.items()}, rel=1e-12)
+  assert optimizer.scaled_rates(dict(RECIPE, scale_lr_with_batch=False), 1024) == released
+  assert (
+    optimizer.scaled_rates({k: v for k, v in RECIPE.items() if k != 'scale_lr_with_batch'}, 1024)
+    == released
+  )
+
+  # The schedule and the optimizer use the scaled rates: a quarter of the recipe at batch 1024.
+  schedule = optimizer.schedule_from_config(RECIPE, **dict(SCHEDULE, batch_size=1024))
+  np.testing.assert_allclose(schedule(0), 4e-6 / 4, rtol=1e-6)
+  np.testing.assert_allclose(schedule(10), 1.6e-3 / 4, rtol=1e-6)
+  np.testing.assert_allclose(schedule(100), 4e-5 / 4, rtol=1e-6)
+  line = optimizer.describe_rates(RECIPE, 1024)
+  assert line == (
+    "learning rates: peak 0.0004, warm-up from 1e-06, minimum 1e-05 (the config's x 0.25 = "
+    'global batch 1,024 / 4,096; optimizer.scale_lr_with_batch)'
+  )

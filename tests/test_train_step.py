@@ -34,7 +34,6 @@ OPTIMIZER = dict(
   lr=1e-3,
   warmup_lr=1e-4,
   min_lr=1e-5,
-  warmup_steps=2,
   weight_decay=0.05,
   b1=0.9,
   b2=0.999,
@@ -57,7 +56,7 @@ def make_batch(seed):
 @pytest.fixture(scope='module')
 def setup():
   model = checkpoint.build_model(MODEL)
-  opt = optimizer.make_optimizer(OPTIMIZER, total_steps=10)
+  opt = optimizer.make_optimizer(OPTIMIZER, batch_size=BATCH, warmup_steps=2, total_steps=10)
   state = jax.jit(functools.partial(train.create_train_state, model, opt, 0))()
   return model, opt, state
 
@@ -88,7 +87,10 @@ def relative_l2(a, b):
 def test_losses_and_gradients_do_not_depend_on_the_mesh(setup):
   model, _, state = setup
   batch = make_batch(0)
-  grad_fn = lambda mesh: jax.jit(functools.partial(train.loss_and_grads, model, mesh))
+
+  def grad_fn(mesh):
+    return jax.jit(functools.partial(train.loss_and_grads, model, mesh))
+
   results = []
   for mesh_config in MESHES:
     mesh, _, placed_state, placed_batch = on_mesh(mesh_config, state, batch)

@@ -121,6 +121,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
       r'did you mean config\.optimizer\.warmup_steps',
     ),
     (lambda c: setattr(c, 'log_every_steps', 0), 'log_every_steps must be a positive integer'),
+    (lambda c: setattr(c, 'total_steps', 0), r'config\.total_steps must be a positive integer'),
+    (
+      lambda c: setattr(c.optimizer, 'warmup_steps', -1),
+      r'config\.optimizer\.warmup_steps must be a non-negative integer',
+    ),
     (lambda c: setattr(c.model.vision, 'widht', 3), r'config\.model\.vision\.widht'),
     (lambda c: setattr(c.data, 'name', 'webdatset'), 'config.data.name'),
     (lambda c: setattr(c.optimizer, 'warmup_steps', 8), r'warmup_steps \(8\) must be in \[0, '),

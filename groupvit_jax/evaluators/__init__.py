@@ -4,19 +4,22 @@ An evaluator is built from one entry of `config.evals` (name -> settings with a 
 has `run(inference) -> {metric: float}` and `write_pictures(inference, directory)`.
 """
 
+import importlib
 from typing import Any, Mapping
 
-from groupvit_jax.evaluators import (
-  synthetic_segmentation,
-  zero_shot_classification,
-  zero_shot_segmentation,
-)
-
+# type -> (module, class). Modules load when an evaluator of theirs is built, so that the
+# light ones (datasets, metrics) import without JAX.
 EVALUATORS = {
-  'synthetic_segmentation': synthetic_segmentation.SyntheticSegmentation,
-  'zero_shot_segmentation': zero_shot_segmentation.ZeroShotSegmentation,
-  'zero_shot_classification': zero_shot_classification.ZeroShotClassification,
+  'synthetic_segmentation': ('synthetic_segmentation', 'SyntheticSegmentation'),
+  'zero_shot_segmentation': ('zero_shot_segmentation', 'ZeroShotSegmentation'),
+  'zero_shot_classification': ('zero_shot_classification', 'ZeroShotClassification'),
 }
+
+
+def evaluator_class(kind: str) -> type:
+  """The evaluator class of a `type` in EVALUATORS."""
+  module, name = EVALUATORS[kind]
+  return getattr(importlib.import_module(f'{__name__}.{module}'), name)
 
 
 def create(eval_configs: Mapping[str, Mapping[str, Any]]) -> dict:
@@ -29,5 +32,5 @@ def create(eval_configs: Mapping[str, Mapping[str, Any]]) -> dict:
       raise ValueError(
         f'config.evals.{name}.type is {kind!r}; expected one of {sorted(EVALUATORS)}'
       )
-    evaluators[name] = EVALUATORS[kind](**settings)
+    evaluators[name] = evaluator_class(kind)(**settings)
   return evaluators

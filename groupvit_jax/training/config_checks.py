@@ -21,22 +21,28 @@ TOP_LEVEL = {
   'seed': True,
   'model': True,
   'batch_size': True,
-  'total_steps': True,
+  # Durations: epochs of num_train_examples, converted by training/steps.py at run time, or
+  # explicit steps, which win.
+  'epochs': False,
+  'num_train_examples': False,
+  'total_steps': False,
+  'eval_every_epochs': False,
+  'eval_every_steps': False,
   'log_every_steps': True,
   'checkpoint_every_steps': True,
   'optimizer': True,
   'mesh': True,
   'data': True,
   'keep_checkpoints': False,
-  'eval_every_steps': False,
   'evals': False,
-  'epochs': False,  # informational: total_steps is what the trainer reads
 }
 OPTIMIZER = {
   'lr': True,
   'warmup_lr': True,
   'min_lr': True,
-  'warmup_steps': True,
+  'scale_lr_with_batch': False,  # the three rates x global batch / 4096, as released
+  'warmup_epochs': False,
+  'warmup_steps': False,  # optimizer updates; wins over warmup_epochs
   'weight_decay': True,
   'b1': True,
   'b2': True,
@@ -45,7 +51,19 @@ OPTIMIZER = {
   'grad_accum_steps': False,
 }
 MESH = {'data': False, 'fsdp': False}
-POSITIVE_INTS = ('batch_size', 'total_steps', 'log_every_steps', 'checkpoint_every_steps')
+# Integer settings and their least values, checked where present. The explicit durations may
+# also be None: training/steps.py then derives them from epochs.
+POSITIVE_INTS = {
+  'batch_size': 1,
+  'log_every_steps': 1,
+  'checkpoint_every_steps': 1,
+  'num_train_examples': 1,
+  'total_steps': 1,
+  'eval_every_steps': 0,  # 0: evaluate at the end only
+  'optimizer.warmup_steps': 0,
+  'optimizer.grad_accum_steps': 1,
+}
+DERIVED_WHEN_NONE = ('total_steps', 'eval_every_steps', 'optimizer.warmup_steps')
 
 
 def _module_fields(module: type) -> set[str]:
@@ -71,20 +89,27 @@ def _check_keys(prefix: str, section: Mapping, known: Mapping[str, bool] | Itera
 def check(config: Mapping[str, Any]) -> None:
   """Raises ConfigError for the first problem found."""
   _check_keys('config', config, TOP_LEVEL)
-  for key in POSITIVE_INTS:
-    if not isinstance(config[key], int) or config[key] <= 0:
-      raise ConfigError(f'config.{key} must be a positive integer, got {config[key]!r}')
+  for path, least in POSITIVE_INTS.items():
+    section, _, key = path.rpartition('.')
+    values = config[section] if section else config
+    if key not in values or (values[key] is None and path in DERIVED_WHEN_NONE):
+      continue  # required keys are checked by the tables
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      kind = 'a positive integer' if least else 'a non-negative integer'
+      derive = ' (or None, to derive it from epochs)' if path in DERIVED_WHEN_NONE else ''
+      raise ConfigError(f'config.{path} must be {kind}{derive}, got {value!r}')
   _check_keys('config.model', config['model'], _module_fields(GroupViT) | {'remat', 'dtype'})
   _check_keys('config.model.vision', config['model'].get('vision', {}), _module_fields(VisionTower))
   _check_keys('config.model.text', config['model'].get('text', {}), _module_fields(TextTower))
   _check_keys('config.optimizer', config['optimizer'], OPTIMIZER)
   _check_keys('config.mesh', config['mesh'], MESH)
   data = config['data']
-  if data.get('name') not in train_data.DATA_KEYS:
+  if data.get('name') not in train_data.SOURCES:
     raise ConfigError(
-      f'config.data.name is {data.get("name")!r}; expected one of {sorted(train_data.DATA_KEYS)}'
+      f'config.data.name is {data.get("name")!r}; expected one of {sorted(train_data.SOURCES)}'
     )
-  _check_keys('config.data', data, train_data.DATA_KEYS[data['name']])
+  _check_keys('config.data', data, train_data.data_keys(data['name']))
   model = config['model']
   for data_key, model_key in (('image_size', 'vision'), ('context_length', 'text')):
     model_value = model.get(model_key, {}).get(data_key)
@@ -99,6 +124,6 @@ def check(config: Mapping[str, Any]) -> None:
       raise ConfigError(
         f'config.evals.{name}.type is {kind!r}; expected one of {sorted(evaluators.EVALUATORS)}'
       )
-    parameters = inspect.signature(evaluators.EVALUATORS[kind]).parameters
+    parameters = inspect.signature(evaluators.evaluator_class(kind)).parameters
     known = {k: p.default is inspect.Parameter.empty for k, p in parameters.items()}
     _check_keys(f'config.evals.{name}', settings, {'type': True, **known})

@@ -32,6 +32,7 @@ from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
 from groupvit_jax.training import config_checks, losses, metric_writers, sharding, train_checkpoints
 from groupvit_jax.training import optimizer as optimizers
+from groupvit_jax.training import steps as durations
 from groupvit_jax.weights import checkpoint
 from input_pipeline import failures, train_data
 
@@ -219,32 +220,38 @@ class PeriodicEvaluation:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir` to config.total_steps; returns the last metrics.
+  """Trains (or resumes) the run in `workdir` to its last step; returns the last metrics.
+
+  The run's length, warm-up and evaluation interval come from its epochs and batch size, or
+  from explicit steps (training/steps.py); they are logged first, with the learning rates.
 
   Writes WORKDIR/config.json, metrics.jsonl, tensorboard/, checkpoints/ and, at the end,
   model/ (a groupvit_jax checkpoint for groupvit_jax.load) and pictures/.
   """
   config_checks.check(config)
-  accum = config.optimizer.get('grad_accum_steps', 1)
-  if config.total_steps % accum:
-    raise config_checks.ConfigError(
-      f'config.total_steps ({config.total_steps}) must be a multiple of '
-      f'config.optimizer.grad_accum_steps ({accum})'
-    )
+  # Epochs become steps here, for the batch size this run has (never when the config is built).
+  run = durations.run_steps(config)
+  accum = run.grad_accum_steps
+  # Warm-up and length in optimizer updates; the rates scaled with the batch if so configured.
+  schedule_args = dict(
+    batch_size=config.batch_size, warmup_steps=run.warmup, total_steps=run.updates
+  )
   try:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
     # Checks the schedule (warm-up shorter than the run) before anything is written.
-    schedule = optimizers.schedule_from_config(config.optimizer, config.total_steps // accum)
+    schedule = optimizers.schedule_from_config(config.optimizer, **schedule_args)
   except ValueError as error:
     raise config_checks.ConfigError(str(error)) from None
+  logging.info(durations.describe(config, run))
+  logging.info(optimizers.describe_rates(config.optimizer, config.batch_size))
   train_data.check_data_config(config.data)
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir)
 
   model_config = config.model.to_dict()
   model = checkpoint.build_model(model_config)
-  optimizer = optimizers.make_optimizer(config.optimizer, config.total_steps // accum)
+  optimizer = optimizers.make_optimizer(config.optimizer, **schedule_args)
   init = functools.partial(create_train_state, model, optimizer, config.seed)
   state_shapes = jax.eval_shape(init)
   shardings = state_shardings(mesh, state_shapes)
@@ -265,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   evaluate = PeriodicEvaluation(evaluators.create(config.get('evals', {})), model_config)
   train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum)
   batch_sharding = sharding.batch_sharding(mesh)
-  total = config.total_steps
+  total = run.total
   logging.info(
     'training %s to step %d: global batch %d on %d devices %s',
     workdir,
@@ -293,8 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise FloatingPointError(
           f'non-finite loss {metrics["loss"]} or gradient norm {metrics["grad_norm"]} at step '
           f'{step}: the run stops without updating the weights. The last good checkpoint '
-          f'(step {manager.latest_step()}) is in {workdir}/checkpoints; lower '
-          f'optimizer.lr or raise optimizer.warmup_steps and rerun to resume from it.'
+          f'(step {manager.latest_step()}) is in {workdir}/checkpoints; lower optimizer.lr or '
+          'raise optimizer.warmup_epochs (or warmup_steps) and rerun to resume from it.'
         )
       if step % config.log_every_steps == 0 or step == total:
         seconds_per_step = (time.time() - log_time) / (step - log_step)
@@ -314,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.checkpoint_every_steps == 0 or step == total:
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
-      if config.get('eval_every_steps') and step % config.eval_every_steps == 0 and step < total:
+      if run.eval_every and step % run.eval_every == 0 and step < total:
         evaluate(state, step, writer, workdir, pictures=False)
         log_time, log_step = time.time(), step  # evaluation time is not training time
       if preemption.reached(manager, step):
