@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 
-from groupvit_jax.weights import checkpoint, released
 from groupvit_jax.weights.state_dicts import ConversionError
 
 
@@ -39,6 +38,9 @@ def main(argv=None) -> int:
     help='text-tower heads (default: width/64 or the Hugging Face config)',
   )
   args = parser.parse_args(argv)
+  # After argument parsing, so that --help and usage errors answer at once.
+  from groupvit_jax.weights import checkpoint, released  # pylint: disable=g-import-not-at-top
+
   try:
     model_config, variables, source = released.convert(
       args.input, args.num_heads, args.text_num_heads

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from groupvit_jax import inference, visualize
+import groupvit_jax
+from groupvit_jax import visualize
 from groupvit_jax.evaluators import datasets
 
 
@@ -54,8 +55,7 @@ def render(
   for label, (x, y) in _label_positions(labels).items():
     draw.text((x, y), names[label], fill=(255, 255, 255), font=font, anchor='mm', stroke_width=2,
               stroke_fill=(0, 0, 0))  # fmt: skip
-  group_colours = visualize.label_colours(256)[1:]
-  groups = [visualize.blend(image, visualize.colourize(g, group_colours)) for g in group_maps]
+  groups = visualize.group_overlays(image, group_maps)
   titles = ['segmentation'] + [f'stage {i + 1} groups' for i in range(len(groups))]
   present = [int(label) for label in np.unique(labels)]
   legend = [(names[label], colours[label]) for label in present]
@@ -72,7 +72,7 @@ def run(
   """Loads the model and the image, segments, writes the picture to `output`; returns the
   label map (0 = background when a threshold is given)."""
   image = load_image(image_path)
-  model = inference.load(checkpoint)
+  model = groupvit_jax.load(checkpoint)
   label_map = model.segment(image, labels, background_threshold)
   names = (['background'] if background_threshold is not None else []) + list(labels)
   visualize.save_png(output, render(image, label_map, names, model.group_maps(image)))

@@ -16,11 +16,11 @@ import os
 import sys
 from typing import Sequence
 
-import jax
 import numpy as np
 from PIL import Image
 
-from groupvit_jax import evaluators, inference, visualize
+import groupvit_jax
+from groupvit_jax import visualize
 from groupvit_jax.evaluators import datasets
 from groupvit_jax.progress import Progress
 
@@ -75,6 +75,10 @@ def run(
   dtype: str | None = None,
 ) -> dict:
   """Evaluates `checkpoint` on `dataset`; returns (and optionally writes) the results."""
+  import jax  # pylint: disable=g-import-not-at-top  # after argument parsing: --help stays quick
+
+  from groupvit_jax import evaluators  # pylint: disable=g-import-not-at-top
+
   kind = 'zero_shot_classification' if dataset == 'imagenet' else 'zero_shot_segmentation'
   settings = dict(
     type=kind, dataset=dataset, data_dir=data_dir, max_examples=max_examples, workers=workers
@@ -82,7 +86,7 @@ def run(
   if batch_size:
     settings['batch_size'] = batch_size
   evaluator = evaluators.create({dataset: settings})[dataset]
-  model = inference.load(checkpoint, dtype)
+  model = groupvit_jax.load(checkpoint, dtype)
   on_prediction, rows = None, []
   if save_predictions and dataset == 'imagenet':
     on_prediction = lambda key, label: rows.append((key, label))

@@ -2,18 +2,17 @@
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_images(images: jax.Array) -> jax.Array:
-  """uint8 RGB [..., 3] -> float32 with ImageNet mean and std on [0, 1] pixels."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+def normalize_images(images):
+  """uint8 RGB [..., 3] (a jax or NumPy array) -> float32 with ImageNet mean and std on
+  [0, 1] pixels. NumPy constants keep this module free of JAX for the input pipeline."""
+  x = images.astype(np.float32) / np.float32(255.0)
+  return (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
 
 
 def check_images(images: Any) -> np.ndarray:

@@ -111,10 +111,7 @@ class GroupViTInference:
     pixels = check_image(image)
     hw = pixels.shape[1:3]
     out = self.image_outputs(segmentation.rescale_images(pixels, short_side))
-    maps = segmentation.stage_group_maps(
-      [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), hw
-    )
-    return [np.asarray(m[0]) for m in maps]
+    return [np.asarray(m[0]) for m in segmentation.stage_group_maps(out, hw)]
 
 
 def load(path: str, dtype: str | None = None) -> GroupViTInference:

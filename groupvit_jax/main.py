@@ -8,11 +8,9 @@ import logging as logging_std
 import os
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from groupvit_jax.training import config_checks, train
 from input_pipeline import failures
 
 FLAGS = flags.FLAGS
@@ -47,6 +45,11 @@ class _QuietLibraries(logging_std.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # JAX and the trainer load after the flags parse, so that --help and flag errors are quick.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from groupvit_jax.training import config_checks, train  # pylint: disable=g-import-not-at-top
+
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if FLAGS.distributed:
     jax.distributed.initialize()

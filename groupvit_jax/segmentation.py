@@ -45,15 +45,19 @@ def group_to_pixel_assignment(
   return jax.nn.one_hot(jnp.argmax(scores, axis=1), scores.shape[1], axis=1, dtype=jnp.float32)
 
 
-def stage_group_maps(
-  assignments_soft: Sequence[jax.Array], grid: tuple[int, int], out_hw: tuple[int, int]
-) -> list[jax.Array]:
-  """The group each pixel belongs to after each grouping stage: int32 [B, H, W] per stage."""
+def patch_grid(output) -> tuple[int, int]:
+  """An image output's patch grid (rows, columns) as ints: jit returns it as arrays."""
+  return tuple(int(g) for g in output.grid)
+
+
+def stage_group_maps(output, out_hw: tuple[int, int]) -> list[jax.Array]:
+  """The group each pixel belongs to after each grouping stage of an image output
+  (models.groupvit.ImageOutput): int32 [B, H, W] per stage, at `out_hw`."""
+  soft = [a.soft for a in output.assignments]
+  grid = patch_grid(output)
   return [
-    jnp.argmax(_pixel_group_scores(assignments_soft[: i + 1], grid, out_hw), axis=1).astype(
-      jnp.int32
-    )
-    for i in range(len(assignments_soft))
+    jnp.argmax(_pixel_group_scores(soft[: i + 1], grid, out_hw), axis=1).astype(jnp.int32)
+    for i in range(len(soft))
   ]
 
 
@@ -254,7 +258,7 @@ class Segmenter:
       jnp.concatenate([o.embedding for o in outputs]),
       self.class_emb,
       self.logit_scale,
-      tuple(int(g) for g in outputs[0].grid),  # jit returns the grid as arrays
+      patch_grid(outputs[0]),
       boxes,
       hw,
       out_hw,

@@ -31,6 +31,13 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.6) -> np.ndar
   return np.round(mixed).astype(np.uint8)
 
 
+def group_overlays(image: np.ndarray, group_maps) -> list[np.ndarray]:
+  """Each grouping stage's map (int [H, W]) drawn over `image` (uint8 [H, W, 3]), one colour
+  per group (black left out, so that group 0 shows)."""
+  colours = label_colours(256)[1:]
+  return [blend(image, colourize(groups, colours)) for groups in group_maps]
+
+
 def panel(
   rows: Sequence[Sequence[np.ndarray]],
   titles: Sequence[str],

@@ -31,6 +31,18 @@ def run(module: str, *args: str, **env_overrides: str) -> subprocess.CompletedPr
   )
 
 
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+  """`python -c code args...` from the repository root; returns the finished process."""
+  return subprocess.run(
+    [sys.executable, '-c', code, *map(str, args)],
+    cwd=REPO_ROOT,
+    env=_environment(),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
 def start(module: str, *args: str, log_path: str, **env_overrides: str) -> subprocess.Popen:
   """`python -m module args...` started in the background, its output going to `log_path`."""
   env = _environment(**env_overrides)

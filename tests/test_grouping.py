@@ -63,7 +63,7 @@ def test_gumbel_softmax_matches_numpy_formula():
   np.testing.assert_array_equal(np.asarray(hard).argmax(axis=1), soft.argmax(axis=1))
 
 
-def numpy_assign_attention(params, groups, tokens, assign_eps=1.0, logit_scale=1.0):
+def numpy_assign_attention(params, groups, tokens, assign_eps=1.0, assign_scale=1.0):
   """Eval-mode assignment attention from the paper's equations, in NumPy."""
   lin = lambda p, x: x @ np.asarray(p['kernel']) + np.asarray(p['bias'])
   q, k, v = (
@@ -71,7 +71,7 @@ def numpy_assign_attention(params, groups, tokens, assign_eps=1.0, logit_scale=1
     lin(params['k_proj'], tokens),
     lin(params['v_proj'], tokens),
   )
-  logits = logit_scale * q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])  # [B, S, N]
+  logits = assign_scale * q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])  # [B, S, N]
   soft = np.exp(logits - logits.max(axis=1, keepdims=True))
   soft /= soft.sum(axis=1, keepdims=True)  # over groups
   hard = (soft == soft.max(axis=1, keepdims=True)).astype(np.float32)
@@ -79,15 +79,15 @@ def numpy_assign_attention(params, groups, tokens, assign_eps=1.0, logit_scale=1
   return lin(params['proj'], out), hard, soft
 
 
-@pytest.mark.parametrize('logit_scale', [1.0, 10.0])
-def test_assign_attention_matches_numpy(logit_scale):
+@pytest.mark.parametrize('assign_scale', [1.0, 10.0])
+def test_assign_attention_matches_numpy(assign_scale):
   groups = np.random.default_rng(1).normal(size=(2, 4, 16)).astype(np.float32)
   tokens = np.random.default_rng(2).normal(size=(2, 25, 16)).astype(np.float32)
-  module = grouping.AssignAttention(logit_scale=logit_scale)
+  module = grouping.AssignAttention(assign_scale=assign_scale)
   variables = module.init(jax.random.key(0), groups, tokens)
   out, assignment = module.apply(variables, groups, tokens)
   ref_out, ref_hard, ref_soft = numpy_assign_attention(
-    variables['params'], groups, tokens, logit_scale=logit_scale
+    variables['params'], groups, tokens, assign_scale=assign_scale
   )
   np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(assignment.hard, ref_hard)

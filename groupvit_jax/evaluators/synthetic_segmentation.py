@@ -74,25 +74,17 @@ class SyntheticSegmentation:
       stride=size,
     )
     predictions = segmenter(images)
-    out = inference.image_outputs(images)
-    stages = segmentation.stage_group_maps(
-      [a.soft for a in out.assignments], tuple(int(g) for g in out.grid), images.shape[1:3]
-    )
+    stages = segmentation.stage_group_maps(inference.image_outputs(images), images.shape[1:3])
     class_colours = visualize.label_colours(len(synthetic.CLASS_NAMES))
-    group_colours = visualize.label_colours(256)[1:]
-    rows = []
-    for i, image in enumerate(images):
-      rows.append(
-        [
-          image,
-          visualize.colourize(masks[i], class_colours),
-          visualize.colourize(predictions[i], class_colours),
-          *(
-            visualize.blend(image, visualize.colourize(np.asarray(s[i]), group_colours))
-            for s in stages
-          ),
-        ]
-      )
+    rows = [
+      [
+        image,
+        visualize.colourize(masks[i], class_colours),
+        visualize.colourize(predictions[i], class_colours),
+        *visualize.group_overlays(image, [np.asarray(s[i]) for s in stages]),
+      ]
+      for i, image in enumerate(images)
+    ]
     titles = ['image', 'truth', 'zero-shot'] + [f'stage {i + 1} groups' for i in range(len(stages))]
     legend = list(zip(synthetic.CLASS_NAMES, class_colours))
     picture = visualize.panel(rows, titles, scale=max(1, 128 // images.shape[1]), legend=legend)

@@ -174,14 +174,13 @@ class ZeroShotSegmentation:
     """<id>.png per picture: the image, true and predicted labels, and each stage's groups."""
     segmenter = self.segmenter(inference)
     colours = visualize.label_colours(256)
-    group_colours = colours[1:]
     for image, mask, key in self._examples(self.indices[: self.num_pictures]):
       groups = inference.group_maps(image, self.protocol['short_side'])
       row = [
         image,
         visualize.colourize(np.where(mask == 255, 0, mask), colours),
         visualize.colourize(segmenter(image), colours),
-        *(visualize.blend(image, visualize.colourize(g, group_colours)) for g in groups),
+        *visualize.group_overlays(image, groups),
       ]
       titles = ['image', 'truth', 'zero-shot'] + [f'stage {i + 1}' for i in range(len(groups))]
       visualize.save_png(

@@ -190,19 +190,19 @@ class VisionTower(nn.Module):
       first = sum(self.depths[:i])
       n_out = self.num_output_groups[i] if self.num_group_tokens[i] else 0
       x, group_tokens, assignment = GroupingStage(
-        depth,
-        self.num_heads,
-        self.num_group_tokens[i],
-        n_out,
-        self.mlp_ratio,
-        tuple(drop_path[first : first + depth]),
-        self.hard_assignment,
-        self.gumbel,
-        self.gumbel_tau,
-        self.assign_eps,
-        self.dtype,
-        self.remat,
-        self.assign_scale,
+        depth=depth,
+        num_heads=self.num_heads,
+        num_group_tokens=self.num_group_tokens[i],
+        num_output_groups=n_out,
+        mlp_ratio=self.mlp_ratio,
+        drop_path=tuple(drop_path[first : first + depth]),
+        hard_assignment=self.hard_assignment,
+        gumbel=self.gumbel,
+        gumbel_tau=self.gumbel_tau,
+        assign_eps=self.assign_eps,
+        dtype=self.dtype,
+        remat=self.remat,
+        assign_scale=self.assign_scale,
         name=f'layers_{i}',
       )(x, group_tokens, deterministic)
       if assignment is not None:

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from groupvit_jax.models.groupvit import GroupViT
 
@@ -75,7 +74,7 @@ def save(
         f,
         indent=2,
       )
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer()
     checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.tree.map(np.asarray, dict(variables)))
     checkpointer.wait_until_finished()
     if os.path.exists(directory):
@@ -84,6 +83,13 @@ def save(
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def _checkpointer():
+  # orbax loads on first use: reading or writing weights, not importing the library.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  return ocp.StandardCheckpointer()
 
 
 def load(directory: str) -> tuple[dict, dict]:
@@ -95,7 +101,7 @@ def load(directory: str) -> tuple[dict, dict]:
   with open(os.path.join(directory, CONFIG_FILE)) as f:
     model_config = json.load(f)['model']
   target = variable_shapes(build_model(model_config))
-  variables = ocp.StandardCheckpointer().restore(
+  variables = _checkpointer().restore(
     os.path.join(os.path.abspath(directory), VARIABLES_DIR), target
   )
   return model_config, variables
