@@ -1,6 +1,6 @@
 """The grouping block: merges image-segment tokens into fewer, learned groups.
 
-Order of operations (GROUPVIT_FACTS.md, "Grouping block"):
+Order of operations (docs/released_model.md, "Grouping block"):
   1. LayerNorm on the group tokens (norm_tokens) and on the image tokens (norm_x).
   2. Token-mixing MLP from S_in group tokens to S_out output tokens, then norm_post_tokens.
   3. Post-norm cross-attention block: the projected tokens attend to the image tokens.
@@ -53,7 +53,7 @@ class Assignment(NamedTuple):
 class AssignAttention(nn.Module):
   """Single-head attention whose softmax runs over the query (group) axis.
 
-  The logits are q.k / sqrt(D) times `logit_scale` (1 in the released model). A larger scale
+  The logits are q.k / sqrt(D) times `assign_scale` (1 in the released model). A larger scale
   lets a small, briefly trained model's assignments outgrow the Gumbel noise.
   """
 
@@ -62,7 +62,7 @@ class AssignAttention(nn.Module):
   gumbel_tau: float = 1.0
   assign_eps: float = 1.0
   dtype: jnp.dtype = jnp.float32
-  logit_scale: float = 1.0
+  assign_scale: float = 1.0
 
   @nn.compact
   def __call__(
@@ -72,7 +72,7 @@ class AssignAttention(nn.Module):
     q = layers.dense(d, self.dtype, 'q_proj')(groups)  # [B, S, D]
     k = layers.dense(d, self.dtype, 'k_proj')(tokens)  # [B, N, D]
     v = layers.dense(d, self.dtype, 'v_proj')(tokens)  # [B, N, D]
-    scale = self.logit_scale * d**-0.5
+    scale = self.assign_scale * d**-0.5
     logits = jnp.einsum('bsd,bnd->bsn', q, k, preferred_element_type=jnp.float32) * scale
 
     group_axis = -2
@@ -145,12 +145,12 @@ class GroupingBlock(nn.Module):
     )(groups, tokens)
 
     merged, assignment = AssignAttention(
-      self.hard,
-      self.gumbel,
-      self.gumbel_tau,
-      self.assign_eps,
-      self.dtype,
-      self.assign_scale,
+      hard=self.hard,
+      gumbel=self.gumbel,
+      gumbel_tau=self.gumbel_tau,
+      assign_eps=self.assign_eps,
+      dtype=self.dtype,
+      assign_scale=self.assign_scale,
       name='assign',
     )(groups, tokens, deterministic)
     x = merged + groups
