@@ -1,7 +1,8 @@
 """The independent reference: transformers' PyTorch GroupViTModel with perturbed weights.
 
 Also writes the same weights in the NVlabs layout, using a rename table written here from the
-released checkpoint's key names (GROUPVIT_FACTS.md), independently of groupvit_jax's own.
+released checkpoint's key names (docs/released_model.md, "Released checkpoints"), independently
+of groupvit_jax's own.
 """
 
 import functools

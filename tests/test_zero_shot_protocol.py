@@ -1,6 +1,7 @@
 """The whole zero-shot protocol against an independent reference: transformers' PyTorch
-GroupViT for the network, and the protocol written out in NumPy / torch from GROUPVIT_FACTS.md
-(resize, windows, product of soft maps, one-hot groups, top-5 masking, background, averaging)."""
+GroupViT for the network, and the protocol written out in NumPy / torch from
+docs/released_model.md, "Zero-shot segmentation protocol" (resize, windows, product of soft
+maps, one-hot groups, top-5 masking, background, averaging)."""
 
 import jax
 import numpy as np

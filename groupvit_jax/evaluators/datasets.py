@@ -10,7 +10,8 @@
 
 `data_dir` may be the dataset's own directory (e.g. .../VOCdevkit/VOC2012) or any directory
 above it on that path (e.g. the one holding VOCdevkit). Class names and background thresholds
-are the released evaluation's (GROUPVIT_FACTS.md); label 255 is ignored.
+are the released evaluation's (docs/released_model.md, "Zero-shot segmentation protocol");
+label 255 is ignored.
 
   dataset = open_dataset('voc', '/data')
   image, mask = dataset.load(0)  # uint8 [H, W, 3], int32 [H, W]

@@ -1,7 +1,7 @@
 """GroupViT's training losses over the global batch: image-text InfoNCE and multi-label.
 
 Every function takes the LOCAL batch of one device and, with `axis_name`, runs inside
-`jax.shard_map` with the batch split over those mesh axes (GROUPVIT_FACTS.md, "Losses"):
+`jax.shard_map` with the batch split over those mesh axes (docs/released_model.md, "Losses"):
 each device all-gathers the embeddings, scores only its own rows against all gathered
 columns (at most b x B*K logits per device, never B x B), and the per-row losses are summed
 with `psum` and divided by the global counts. With `axis_name=None` the same code is the
