@@ -147,7 +147,10 @@ def main():
     print(f'  XLA_FLAGS={results["xla_flags"]}')
   print(f'  jax first call {first_call:.2f} s (compile ~{first_call - jax_time:.2f} s)')
   print(f'  embeddings max |jax - torch| = {max_diff:.2e}')
-  spread = lambda ts: f'[{min(ts):.3f} .. {max(ts):.3f}]'
+
+  def spread(ts):
+    return f'[{min(ts):.3f} .. {max(ts):.3f}]'
+
   print(
     f'  jax   {jax_time:.4f} s  {args.batch / jax_time:6.2f} images/s  '
     f'(min..max {spread(jax_times)})'

@@ -89,11 +89,14 @@ def run(
   model = groupvit_jax.load(checkpoint, dtype)
   on_prediction, rows = None, []
   if save_predictions and dataset == 'imagenet':
-    on_prediction = lambda key, label: rows.append((key, label))
+
+    def on_prediction(key, label):
+      rows.append((key, label))
   elif save_predictions:
-    on_prediction = lambda key, labels: save_label_png(
-      os.path.join(save_predictions, f'{key}.png'), labels
-    )
+
+    def on_prediction(key, labels):
+      save_label_png(os.path.join(save_predictions, f'{key}.png'), labels)
+
   progress = Progress(len(evaluator.indices), what=dataset)
   result = evaluator.evaluate(model, on_prediction, progress)
   seconds = progress.finish()

@@ -66,8 +66,13 @@ def image_and_text_fns(config, image_size):
   variables = checkpoint.variable_shapes(model)
   images = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((1, config['text']['context_length']), jnp.int32)
-  encode_image = lambda v, x: model.apply(v, x, method=GroupViT.encode_image)
-  encode_text = lambda v, t: model.apply(v, t, method=GroupViT.encode_text)
+
+  def encode_image(v, x):
+    return model.apply(v, x, method=GroupViT.encode_image)
+
+  def encode_text(v, t):
+    return model.apply(v, t, method=GroupViT.encode_text)
+
   return (encode_image, variables, images), (encode_text, variables, tokens)
 
 

@@ -65,7 +65,10 @@ def test_gumbel_softmax_matches_numpy_formula():
 
 def numpy_assign_attention(params, groups, tokens, assign_eps=1.0, assign_scale=1.0):
   """Eval-mode assignment attention from the paper's equations, in NumPy."""
-  lin = lambda p, x: x @ np.asarray(p['kernel']) + np.asarray(p['bias'])
+
+  def lin(p, x):
+    return x @ np.asarray(p['kernel']) + np.asarray(p['bias'])
+
   q, k, v = (
     lin(params['q_proj'], groups),
     lin(params['k_proj'], tokens),
@@ -106,9 +109,12 @@ def test_training_adds_gumbel_noise_and_stays_one_hot(block_inputs):
   variables = jax.jit(block.init)(jax.random.key(0), *block_inputs)
   apply = jax.jit(block.apply, static_argnames='deterministic')
   _, eval_assign = apply(variables, *block_inputs)
-  train = lambda seed: apply(
-    variables, *block_inputs, deterministic=False, rngs={'gumbel': jax.random.key(seed)}
-  )[1]
+
+  def train(seed):
+    return apply(
+      variables, *block_inputs, deterministic=False, rngs={'gumbel': jax.random.key(seed)}
+    )[1]
+
   a, b, again = train(1), train(2), train(1)
   for assignment in (eval_assign, a, b):
     np.testing.assert_array_equal(np.asarray(assignment.hard).sum(axis=1), 1.0)

@@ -29,7 +29,10 @@ def test_bfloat16_compute_keeps_float32_where_it_matters():
   variables = jax.jit(f32.init)(jax.random.key(1), images, tokens)
 
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  run = lambda model: jax.jit(model.apply)(variables, images, tokens)
+
+  def run(model):
+    return jax.jit(model.apply)(variables, images, tokens)
+
   (image32, text32, logits32), (image16, text16, logits16) = run(f32), run(bf16)
   for a in image16.assignments:
     assert a.soft.dtype == a.hard.dtype == jnp.float32

@@ -73,7 +73,10 @@ def test_background_rule_on_hand_made_group_class_matrix():
   scores = np.array([[[0.5, 0.2, 0.1], [0.3, 0.1, 0.05]]], np.float32)  # [1, S=2, C=3]
   group_map = np.zeros((1, 2, 1, 2), np.float32)
   group_map[0, 0, 0, 0] = group_map[0, 1, 0, 1] = 1  # left pixel group 0, right group 1
-  label = lambda t: np.asarray(segmentation.pixel_scores(group_map, scores, t).argmax(axis=1))[0, 0]
+
+  def label(t):
+    return np.asarray(segmentation.pixel_scores(group_map, scores, t).argmax(axis=1))[0, 0]
+
   # Threshold min(0.95, 0.5): the left pixel (0.5) is not below it, the right one (0.3) is.
   np.testing.assert_array_equal(label(0.95), [1, 0])
   np.testing.assert_array_equal(label(0.4), [1, 0])
@@ -106,7 +109,7 @@ def test_sliding_windows_average_overlaps():
     return np.stack([crops[..., 0] * ramp, crops[..., 1] + ramp], axis=1)  # [B, 2, h, w]
 
   boxes = segmentation.window_boxes(h, w, window, stride)
-  scores = np.stack([fn(images[:, t:b, l:r]) for t, l, b, r in boxes])  # [K, B, 2, h, w]
+  scores = np.stack([fn(images[:, t:b, lf:r]) for t, lf, b, r in boxes])  # [K, B, 2, h, w]
   got = segmentation.average_windows(scores, boxes, (h, w))
   # Independent count: window origins every `stride`, the last shifted back to fit.
   ys = sorted({min(y, h - window) for y in range(0, h - window + stride, stride)})

@@ -96,14 +96,15 @@ def test_drop_path_only_in_training():
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   variables = jax.jit(tower.init)(jax.random.key(0), images)
   apply = jax.jit(tower.apply, static_argnames='deterministic')
-  run = lambda seed: (
-    apply(
+
+  def run(seed):
+    return apply(
       variables,
       images,
       deterministic=False,
       rngs={'dropout': jax.random.key(seed), 'gumbel': jax.random.key(seed)},
     ).pooled
-  )
+
   eval_out = apply(variables, images).pooled
   np.testing.assert_array_equal(eval_out, apply(variables, images).pooled)
   assert not np.allclose(run(1), eval_out)

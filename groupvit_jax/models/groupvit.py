@@ -116,7 +116,10 @@ class GroupViT(nn.Module):
 
   def temperatures(self) -> tuple[jax.Array, jax.Array]:
     """The image-text and multi-label logit scales, exp(learned) clamped at 100."""
-    clamp = lambda s: jnp.minimum(jnp.exp(s), MAX_LOGIT_SCALE)
+
+    def clamp(s):
+      return jnp.minimum(jnp.exp(s), MAX_LOGIT_SCALE)
+
     return clamp(self.logit_scale), clamp(self.multi_label_logit_scale)
 
   def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False):

@@ -66,7 +66,10 @@ def attend(
   """
   b, tq, d = q.shape
   head_dim = d // num_heads
-  split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, head_dim)  # [B, T, H, Dh]
+
+  def split(t):
+    return t.reshape(t.shape[0], t.shape[1], num_heads, head_dim)  # [B, T, H, Dh]
+
   out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal)
   return out.reshape(b, tq, d)
 
