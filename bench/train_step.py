@@ -68,8 +68,8 @@ def main():
   config.batch_size = batch_size
   run = steps.run_steps(config)
   schedule_args = dict(batch_size=batch_size, warmup_steps=run.warmup, total_steps=run.updates)
-  opt = optimizer.make_optimizer(config.optimizer, **schedule_args)
   schedule = optimizer.schedule_from_config(config.optimizer, **schedule_args)
+  opt = optimizer.make_optimizer(config.optimizer, schedule)
   init = functools.partial(train.create_train_state, model, opt, 0)
   shardings = train.state_shardings(mesh, jax.eval_shape(init))
   state = jax.jit(init, out_shardings=shardings)()

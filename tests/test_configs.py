@@ -40,9 +40,7 @@ def test_cc_yfcc_2stage_recipe_builds_the_released_schedule():
   np.testing.assert_allclose(schedule(0), 4e-6, rtol=1e-6)
   np.testing.assert_allclose(schedule(run.warmup), 1.6e-3, rtol=1e-6)
   np.testing.assert_allclose(schedule(run.total), 4e-5, rtol=1e-5)
-  optimizer.make_optimizer(
-    config.optimizer, batch_size=4096, warmup_steps=run.warmup, total_steps=run.updates
-  ).init({'w': np.ones((2, 2))})
+  optimizer.make_optimizer(config.optimizer, schedule).init({'w': np.ones((2, 2))})
 
 
 def test_web_configs_state_epochs_and_evaluate_every_epoch_only_given_the_evaluation_data():

@@ -16,6 +16,13 @@ RECIPE = cc_yfcc_2stage.get_config().optimizer.to_dict()
 SCHEDULE = dict(batch_size=4096, warmup_steps=10, total_steps=100)
 
 
+def _optimizer(config, **schedule):
+  """make_optimizer with schedule_from_config's schedule (SCHEDULE's settings, overridden)."""
+  return optimizer.make_optimizer(
+    config, optimizer.schedule_from_config(config, **dict(SCHEDULE, **schedule))
+  )
+
+
 def test_schedule_warmup_then_cosine_by_hand():
   schedule = optimizer.learning_rate_schedule(1.6e-3, 4e-6, 4e-5, warmup_steps=10, total_steps=110)
   np.testing.assert_allclose(schedule(0), 4e-6, rtol=1e-6)
@@ -50,9 +57,7 @@ def test_no_weight_decay_on_biases_scales_and_temperatures():
   }
 
   # With zero gradients only decay moves parameters: kernels shrink, the rest stays.
-  opt = optimizer.make_optimizer(
-    dict(RECIPE, warmup_lr=1e-2, lr=1e-2), **dict(SCHEDULE, warmup_steps=0)
-  )
+  opt = _optimizer(dict(RECIPE, warmup_lr=1e-2, lr=1e-2), warmup_steps=0)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = opt.update(zeros, opt.init(params), params)
   new = optax.apply_updates(params, updates)
@@ -62,7 +67,7 @@ def test_no_weight_decay_on_biases_scales_and_temperatures():
 
 
 def test_gradients_clipped_to_global_norm_5():
-  opt = optimizer.make_optimizer(dict(RECIPE, weight_decay=0.0), **SCHEDULE)
+  opt = _optimizer(dict(RECIPE, weight_decay=0.0))
   params = {'w': jnp.zeros((2, 2))}
   grads = {'w': jnp.full((2, 2), 10.0)}  # global norm 20
   state = opt.init(params)
@@ -73,10 +78,8 @@ def test_gradients_clipped_to_global_norm_5():
 
 def test_gradient_accumulation_averages_micro_batches():
   config = dict(RECIPE, weight_decay=0.0, grad_accum_steps=2, scale_lr_with_batch=False)
-  accumulated = optimizer.make_optimizer(config, **dict(SCHEDULE, warmup_steps=0))
-  single = optimizer.make_optimizer(
-    dict(config, grad_accum_steps=1), **dict(SCHEDULE, warmup_steps=0)
-  )
+  accumulated = _optimizer(config, warmup_steps=0)
+  single = _optimizer(dict(config, grad_accum_steps=1), warmup_steps=0)
   params = {'w': jnp.ones(3)}
   g1, g2 = {'w': jnp.array([1.0, 2.0, 3.0])}, {'w': jnp.array([3.0, 0.0, -1.0])}
   state = accumulated.init(params)

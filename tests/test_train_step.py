@@ -56,7 +56,10 @@ def make_batch(seed):
 @pytest.fixture(scope='module')
 def setup():
   model = checkpoint.build_model(MODEL)
-  opt = optimizer.make_optimizer(OPTIMIZER, batch_size=BATCH, warmup_steps=2, total_steps=10)
+  schedule = optimizer.schedule_from_config(
+    OPTIMIZER, batch_size=BATCH, warmup_steps=2, total_steps=10
+  )
+  opt = optimizer.make_optimizer(OPTIMIZER, schedule)
   state = jax.jit(functools.partial(train.create_train_state, model, opt, 0))()
   return model, opt, state
 

@@ -89,17 +89,11 @@ def schedule_from_config(
 
 
 def make_optimizer(
-  config: Mapping[str, Any], *, batch_size: int, warmup_steps: int, total_steps: int
+  config: Mapping[str, Any], schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """AdamW with the recipe's schedule and clipping, from `config.optimizer` fields.
-
-  Fields: lr, warmup_lr, min_lr, scale_lr_with_batch, weight_decay, b1, b2, eps,
-  grad_clip_norm and grad_accum_steps (updates applied every that many micro-steps, gradients
-  averaged). The schedule is schedule_from_config's.
-  """
-  schedule = schedule_from_config(
-    config, batch_size=batch_size, warmup_steps=warmup_steps, total_steps=total_steps
-  )
+  """AdamW with `schedule` (schedule_from_config's) and the recipe's clipping, from
+  `config.optimizer` fields: weight_decay, b1, b2, eps, grad_clip_norm and grad_accum_steps
+  (updates applied every that many micro-steps, gradients averaged)."""
   optimizer = optax.chain(
     optax.clip_by_global_norm(config['grad_clip_norm']),
     optax.adamw(

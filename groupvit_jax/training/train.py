@@ -233,14 +233,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = durations.run_steps(config)
   accum = run.grad_accum_steps
   # Warm-up and length in optimizer updates; the rates scaled with the batch if so configured.
-  schedule_args = dict(
-    batch_size=config.batch_size, warmup_steps=run.warmup, total_steps=run.updates
-  )
   try:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
     # Checks the schedule (warm-up shorter than the run) before anything is written.
-    schedule = optimizers.schedule_from_config(config.optimizer, **schedule_args)
+    schedule = optimizers.schedule_from_config(
+      config.optimizer,
+      batch_size=config.batch_size,
+      warmup_steps=run.warmup,
+      total_steps=run.updates,
+    )
   except ValueError as error:
     raise config_checks.ConfigError(str(error)) from None
   logging.info(durations.describe(config, run))
@@ -251,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model_config = config.model.to_dict()
   model = checkpoint.build_model(model_config)
-  optimizer = optimizers.make_optimizer(config.optimizer, **schedule_args)
+  optimizer = optimizers.make_optimizer(config.optimizer, schedule)
   init = functools.partial(create_train_state, model, optimizer, config.seed)
   state_shapes = jax.eval_shape(init)
   shardings = state_shardings(mesh, state_shapes)
