@@ -17,19 +17,15 @@ import os
 import resource
 import sys
 import time
+import typing
 
 import numpy as np
 
 from groupvit_jax import progress
-from input_pipeline import (
-  failures,
-  image_transforms,
-  nouns,
-  shards,
-  text,
-  web_pipeline,
-  webdataset,
-)
+from input_pipeline import failures, image_transforms, nouns, shards, text, webdataset
+
+if typing.TYPE_CHECKING:
+  from input_pipeline import web_pipeline
 
 
 def _cpu_seconds() -> float:
@@ -80,10 +76,15 @@ def inspect(
   batches: int = 20,
   batch_size: int = 64,
   seed: int = 0,
-  config: web_pipeline.PipelineConfig = web_pipeline.PipelineConfig(),
+  config: 'web_pipeline.PipelineConfig | None' = None,
   log=print,
 ) -> dict:
-  """Runs the pipeline over the shards `patterns` name and returns the report (see --json)."""
+  """Runs the pipeline over the shards `patterns` name and returns the report (see --json);
+  `config` None: the released recipe's."""
+  # grain loads here, not when the module is imported: --help and usage errors stay quick.
+  from input_pipeline import web_pipeline  # pylint: disable=g-import-not-at-top
+
+  config = config or web_pipeline.PipelineConfig()
   paths = shards.expand(patterns)
   absent = shards.missing(paths)
   if not paths or len(absent) == len(paths):
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
   parser.add_argument('--no_deit', action='store_true', help='crop and flip only')
   parser.add_argument('--json', help='write the report here')
   args = parser.parse_args(argv)
+  from input_pipeline import web_pipeline  # pylint: disable=g-import-not-at-top
+
   transform = image_transforms.TransformConfig()
   if args.no_deit:
     transform = image_transforms.TransformConfig(randaugment=False, random_erasing=0.0)

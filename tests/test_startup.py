@@ -12,6 +12,7 @@ COMMANDS = (
   'groupvit_jax.demo',
   'groupvit_jax.convert',
   'groupvit_jax.evaluators.coco_object',
+  'input_pipeline.inspect',
 )
 # Runs the command's --help in this interpreter, then names the heavy libraries it imported.
 _PROBE = """
