@@ -232,11 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Epochs become steps here, for the batch size this run has (never when the config is built).
   run = durations.run_steps(config)
   accum = run.grad_accum_steps
-  # Warm-up and length in optimizer updates; the rates scaled with the batch if so configured.
   try:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
-    # Checks the schedule (warm-up shorter than the run) before anything is written.
+    # Warm-up and length in optimizer updates, the rates scaled with the batch if so
+    # configured; built (and so checked) before anything is written.
     schedule = optimizers.schedule_from_config(
       config.optimizer,
       batch_size=config.batch_size,
