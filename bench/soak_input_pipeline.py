@@ -115,11 +115,13 @@ def soak(
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--plain', type=int, default=3000, help='plain valid images')
-  parser.add_argument('--size', type=int, default=384, help='their width in pixels')
-  parser.add_argument('--workers', type=int, default=2)
+  parser.add_argument('--plain', type=int, default=3000, help='plain valid images (at least 4)')
+  parser.add_argument('--size', type=int, default=384, help='their width in pixels (>= 32)')
+  parser.add_argument('--workers', type=int, default=2, help='decoding processes (0: this one)')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
+  if args.plain < 4 or args.size < 32 or args.workers < 0:
+    parser.error('--plain must be at least 4, --size at least 32 and --workers at least 0')
   with tempfile.TemporaryDirectory() as directory:
     images = photo_like_jpegs(64, args.size, np.random.default_rng(args.seed))
     paths, expected = write_corpus(
