@@ -7,13 +7,13 @@ Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's 
 `--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
 its workers used; both after the first batch, which includes start-up), the samples skipped by
 reason, a few captions with the words and prompts made from them, and caption token-length
-statistics. `--json` writes the same as one object. A sample that fails in any other way is
-dropped and counted as `transform_error` (its traceback logged once), as in training.
+statistics. `--json` writes the same as one object (to a path or a gs:// URL). A sample that
+fails in any other way is dropped and counted as `transform_error` (its traceback logged once),
+as in training. Shards may be gs:// URLs too.
 """
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -21,7 +21,7 @@ import typing
 
 import numpy as np
 
-from groupvit_jax import progress
+from groupvit_jax import filesystem, progress
 from input_pipeline import failures, image_transforms, nouns, shards, text, webdataset
 
 if typing.TYPE_CHECKING:
@@ -185,9 +185,7 @@ def main(argv=None) -> int:
     return 2
   _print_report(report)
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=1)
+    filesystem.write_text(args.json, json.dumps(report, indent=1))
   return 0
 
 

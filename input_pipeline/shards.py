@@ -1,13 +1,15 @@
 """Shard file patterns as img2dataset writes them: 'cc12m/{00000..01242}.tar'.
 
 Brace expressions: `{a..b}` is an inclusive integer range, zero-padded to the width of `a` when
-`a` has a leading zero (as webdataset and bash do); `{x,y,z}` lists alternatives.
+`a` has a leading zero (as webdataset and bash do); `{x,y,z}` lists alternatives. Patterns may
+be local paths or URLs ('gs://bucket/cc12m/{00000..01242}.tar').
 """
 
-import glob
 import os
 import re
 from typing import Iterable
+
+from groupvit_jax import filesystem
 
 _BRACES = re.compile(r'\{([^{}]*)\}')
 
@@ -39,9 +41,11 @@ def expand(patterns: str | Iterable[str]) -> list[str]:
   paths = []
   for pattern in patterns:
     for path in expand_braces(os.path.expanduser(pattern)):
-      paths.extend(sorted(glob.glob(path)) if glob.has_magic(path) else [path])
+      paths.extend(filesystem.glob(path) if filesystem.has_magic(path) else [path])
   return paths
 
 
 def missing(paths: Iterable[str]) -> list[str]:
-  return [path for path in paths if not os.path.isfile(path)]
+  """The paths that name no file (on Cloud Storage, one listing per folder of many shards)."""
+  paths = list(paths)
+  return [path for path, found in zip(paths, filesystem.are_files(paths)) if not found]

@@ -11,7 +11,8 @@ of records
 where (position, index) name the sample (the shard's position in the stream of shards and the
 sample's place in the shard) and `skip` is '' or one of SKIP_REASONS for a shard that could not
 be read. The iterator's state is the byte offset of the next sample, so restoring it costs one
-seek, not a re-read.
+seek, not a re-read. A shard may be a URL ('gs://...'): it is read with a few large ranged
+requests (filesystem.open_sequential), transient errors retried.
 
 Damage is never raised: a missing or unreadable file yields one record skipped as
 'unreadable_shard'; a tar that breaks part way yields its whole samples, then one record
@@ -24,6 +25,8 @@ import tarfile
 from typing import Any
 
 import grain
+
+from groupvit_jax import filesystem
 
 IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'gif', 'bmp', 'tif', 'tiff')
 CAPTION_EXTENSION = 'txt'
@@ -81,7 +84,7 @@ class _TarShardIterator(grain.DatasetIterator):
   def _open(self) -> dict | None:
     """Opens the shard at the current offset; a skip record if it cannot be read."""
     try:
-      self._file = open(self._path, 'rb')  # pylint: disable=consider-using-with
+      self._file = filesystem.open_sequential(self._path)
       self._file.seek(self._offset)
       self._tar = tarfile.TarFile(fileobj=self._file, mode='r')
     except (OSError, tarfile.TarError, EOFError):
@@ -177,8 +180,9 @@ class TarShard(grain.IterDataset):
 
 
 def write_shard(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-  """Writes a webdataset shard: for each (key, {extension: data}), members KEY.extension."""
-  with tarfile.open(path, 'w') as tar:
+  """Writes a webdataset shard (a path or URL): for each (key, {extension: data}), members
+  KEY.extension."""
+  with filesystem.open(path, 'wb') as f, tarfile.open(fileobj=f, mode='w') as tar:
     for key, members in samples:
       for extension, data in members.items():
         info = tarfile.TarInfo(f'{key}.{extension}')
