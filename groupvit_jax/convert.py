@@ -6,12 +6,13 @@
 --input is an NVlabs checkpoint (a `torch.save` dict with a `model` state dict) or a Hugging
 Face GroupViTModel directory (`config.json` + `model.safetensors` or `pytorch_model.bin`).
 The architecture is inferred from the weights. Nothing is written unless every key converts.
+Either path may be a URL (gs://...).
 """
 
 import argparse
-import os
 import sys
 
+from groupvit_jax import filesystem
 from groupvit_jax.weights.state_dicts import ConversionError
 
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
       args.output,
       model_config,
       variables,
-      metadata={'source': {'format': source, 'path': os.path.abspath(args.input)}},
+      metadata={'source': {'format': source, 'path': filesystem.abspath(args.input)}},
       overwrite=args.overwrite,
     )
   except (ConversionError, FileNotFoundError, FileExistsError) as e:

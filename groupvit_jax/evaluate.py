@@ -6,7 +6,7 @@
 `--checkpoint` is a groupvit_jax checkpoint, a released NVlabs `.pth` or a Hugging Face
 directory. Dataset layouts: see groupvit_jax/evaluators/datasets.py. Segmentation prints mIoU,
 mAcc, aAcc and a per-class table; ImageNet prints top-1 and top-5 (all in %). The JSON holds the
-same numbers as fractions.
+same numbers as fractions. Every path may be a URL (gs://...).
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 import groupvit_jax
-from groupvit_jax import visualize
+from groupvit_jax import filesystem, visualize
 from groupvit_jax.evaluators import datasets
 from groupvit_jax.progress import Progress
 
@@ -31,8 +31,9 @@ def save_label_png(path: str, labels: np.ndarray) -> None:
   """int label map [H, W] (0..255) -> palette PNG whose pixel values are the labels."""
   image = Image.fromarray(np.asarray(labels, np.uint8), 'P')
   image.putpalette(_PALETTE)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  image.save(path)
+  filesystem.makedirs(os.path.dirname(path))
+  with filesystem.open(path, 'wb') as f:
+    image.save(f, format='PNG')
 
 
 def _percent(value: float) -> str:
@@ -101,10 +102,10 @@ def run(
   result = evaluator.evaluate(model, on_prediction, progress)
   seconds = progress.finish()
   if rows:
-    os.makedirs(save_predictions, exist_ok=True)
-    with open(os.path.join(save_predictions, 'predictions.tsv'), 'w') as f:
-      for key, label in rows:
-        f.write(f'{key}\t{label}\t{evaluator.data.class_names[label]}\n')
+    filesystem.write_text(
+      os.path.join(save_predictions, 'predictions.tsv'),
+      ''.join(f'{key}\t{label}\t{evaluator.data.class_names[label]}\n' for key, label in rows),
+    )
   result.update(
     checkpoint=checkpoint,
     dataset=dataset,
@@ -115,9 +116,7 @@ def run(
     device=str(jax.devices()[0].device_kind),
   )
   if json_path:
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, 'w') as f:
-      json.dump(_json_ready(result), f, indent=2)
+    filesystem.write_text(json_path, json.dumps(_json_ready(result), indent=2))
   return result
 
 

@@ -1,6 +1,5 @@
 """The inference API: `groupvit_jax.load(path)` and the jitted encoders it returns."""
 
-import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -8,7 +7,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import segmentation, tokenizer
+from groupvit_jax import filesystem, segmentation, tokenizer
 from groupvit_jax.image_ops import check_image, check_images, normalize_images
 from groupvit_jax.models.groupvit import GroupViT, ImageOutput
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
@@ -115,14 +114,15 @@ class GroupViTInference:
 
 
 def load(path: str, dtype: str | None = None) -> GroupViTInference:
-  """Loads a groupvit_jax checkpoint directory, an NVlabs `.pth`, or a Hugging Face directory.
+  """Loads a groupvit_jax checkpoint directory, an NVlabs `.pth`, or a Hugging Face directory,
+  local or at a URL (gs://...).
 
   `dtype` overrides the compute dtype ('float32' or 'bfloat16', e.g. bfloat16 on GPU/TPU);
   parameters stay float32 either way.
   """
   from groupvit_jax.weights import released  # pylint: disable=g-import-not-at-top  # torch
 
-  if not os.path.exists(path):
+  if not filesystem.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
   if dtype not in (None, 'float32', 'bfloat16'):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")

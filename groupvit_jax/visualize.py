@@ -6,6 +6,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from groupvit_jax import filesystem
+
 
 def label_colours(num_labels: int) -> np.ndarray:
   """PASCAL VOC's colour map, uint8 [num_labels, 3]: label 0 black, then distinct colours."""
@@ -69,5 +71,10 @@ def panel(
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  """Writes uint8 `image` to `path` (local or a URL): a PNG, unless its extension names another
+  format Pillow writes."""
+  filesystem.makedirs(os.path.dirname(filesystem.abspath(path)))
+  extension = os.path.splitext(path)[1].lower()
+  image_format = Image.registered_extensions().get(extension, 'PNG')
+  with filesystem.open(path, 'wb') as f:
+    Image.fromarray(np.asarray(image, np.uint8)).save(f, format=image_format)

@@ -17,6 +17,8 @@ masks may still differ from the maps' at a few pixels (boundaries, overlapping o
 
   python -m groupvit_jax.evaluators.coco_object --coco_dir /data/coco \\
       [--source instances|stuffthingmaps] [--split val2017] [--annotations JSON] [--workers N]
+
+Paths may be URLs (gs://...).
 """
 
 import argparse
@@ -30,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from groupvit_jax import filesystem
 from groupvit_jax.evaluators import datasets
 from groupvit_jax.evaluators.datasets import COCO_OBJECT_CLASSES
 from groupvit_jax.progress import Progress
@@ -59,13 +62,14 @@ def _convert_all(convert: Callable, jobs: Sequence, workers: int | None, progres
 
 
 def _write_mask(labels: np.ndarray, path: str) -> None:
-  Image.fromarray(labels).save(path, format='PNG')  # uint8 [H, W]: mode 'L'
+  with filesystem.open(path, 'wb') as f:
+    Image.fromarray(labels).save(f, format='PNG')  # uint8 [H, W]: mode 'L'
 
 
 def _relabel_map(paths: tuple[str, str]) -> None:
   source, target = paths
   try:
-    with Image.open(source) as image:
+    with filesystem.open(source, 'rb') as f, Image.open(f) as image:
       mode = image.mode
       values = np.asarray(image)
   except (OSError, SyntaxError, ValueError) as error:
@@ -85,9 +89,9 @@ def from_stuffthingmaps(
     f'expected COCO-Stuff 164k pixel maps (stuffthingmaps_trainval2017.zip, its {split}/*.png) '
     f'in {maps_dir}'
   )
-  if not os.path.isdir(maps_dir):
+  if not filesystem.isdir(maps_dir):
     raise FileNotFoundError(f'{maps_dir} not found; {expected}')
-  names = sorted(n for n in os.listdir(maps_dir) if n.endswith('.png') and 'TrainIds' not in n)
+  names = [n for n in filesystem.listdir(maps_dir) if n.endswith('.png') and 'TrainIds' not in n]
   if not names:
     raise FileNotFoundError(f'no <id>.png maps in {maps_dir}; {expected}')
   jobs = [
@@ -99,8 +103,7 @@ def from_stuffthingmaps(
 
 def _read_instances(path: str) -> dict:
   try:
-    with open(path) as f:
-      dataset = json.load(f)
+    dataset = json.loads(filesystem.read_text(path))
   except ValueError as error:
     raise ConversionError(f'{path}: not readable as JSON ({error})') from error
   if not isinstance(dataset, dict) or not {'images', 'annotations'} <= dataset.keys():
@@ -137,7 +140,7 @@ def from_instances(
       'from_instances needs pycocotools to rasterize COCO annotations: pip install pycocotools'
     ) from error
   path = annotations or os.path.join(coco_dir, 'annotations', f'instances_{split}.json')
-  if not os.path.isfile(path):
+  if not filesystem.isfile(path):
     raise FileNotFoundError(
       f"{path} not found; expected COCO's instances_{split}.json "
       '(annotations_trainval2017.zip) there, or pass its path'
@@ -147,7 +150,7 @@ def from_instances(
   with contextlib.redirect_stdout(io.StringIO()):  # createIndex's chatter
     coco.createIndex()
   out_dir = os.path.join(coco_dir, 'annotations', split)
-  os.makedirs(out_dir, exist_ok=True)
+  filesystem.makedirs(out_dir)
 
   def paint(image: dict) -> None:
     labels = np.zeros((image['height'], image['width']), np.uint8)

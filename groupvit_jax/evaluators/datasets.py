@@ -11,7 +11,7 @@
 `data_dir` may be the dataset's own directory (e.g. .../VOCdevkit/VOC2012) or any directory
 above it on that path (e.g. the one holding VOCdevkit). Class names and background thresholds
 are the released evaluation's (docs/released_model.md, "Zero-shot segmentation protocol");
-label 255 is ignored.
+label 255 is ignored. `data_dir` may be a URL (gs://...).
 
   dataset = open_dataset('voc', '/data')
   image, mask = dataset.load(0)  # uint8 [H, W, 3], int32 [H, W]
@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from groupvit_jax import filesystem
 from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
 from input_pipeline import image_transforms
 
@@ -97,8 +98,7 @@ class LayoutError(FileNotFoundError):
 def read_image(path: str) -> np.ndarray:
   """The image file at `path` as uint8 RGB [H, W, 3] (grey, palette, CMYK, alpha and 16-bit
   images converted); a ValueError naming the file if it cannot be decoded."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = filesystem.read_bytes(path)
   try:
     return np.asarray(image_transforms.decode(data))
   except image_transforms.DamagedImage as error:
@@ -123,7 +123,7 @@ class SegmentationDataset:
   def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], mask int32 [H, W]) of example `index`."""
     pixels = read_image(self.images[index])
-    with Image.open(self.masks[index]) as mask:
+    with filesystem.open(self.masks[index], 'rb') as f, Image.open(f) as mask:
       labels = np.asarray(mask, np.int32)  # palette PNGs read as their indices
     if labels.shape != pixels.shape[:2]:
       raise ValueError(
@@ -138,9 +138,9 @@ def _find_root(data_dir: str, layout: Layout) -> str:
   parts = layout.root.split('/')
   for start in range(len(parts) + 1):
     candidate = os.path.join(data_dir, *parts[start:])
-    if os.path.isdir(os.path.join(candidate, layout.images)):
+    if filesystem.isdir(os.path.join(candidate, layout.images)):
       return candidate
-  return os.path.join(data_dir, layout.root) if os.path.isdir(data_dir) else data_dir
+  return os.path.join(data_dir, layout.root) if filesystem.isdir(data_dir) else data_dir
 
 
 def _expected(layout: Layout) -> str:
@@ -164,21 +164,21 @@ def open_dataset(name: str, data_dir: str):
   layout = LAYOUTS[name]
   root = _find_root(data_dir, layout)
   needed = [layout.images, layout.masks] + ([layout.split] if layout.split else [])
-  absent = [p for p in needed if not os.path.exists(os.path.join(root, p))]
+  absent = [p for p in needed if not filesystem.exists(os.path.join(root, p))]
   if absent:
     raise LayoutError(
       f'{name}: {", ".join(os.path.join(root, p) for p in absent)} not found; expected '
       f'{_expected(layout)} in or under {data_dir}'
     )
   if layout.split:
-    with open(os.path.join(root, layout.split)) as f:
-      ids = tuple(line.strip() for line in f if line.strip())
+    lines = filesystem.read_text(os.path.join(root, layout.split)).splitlines()
+    ids = tuple(line.strip() for line in lines if line.strip())
   else:
     suffix = layout.image_suffix
     ids = tuple(
       sorted(
         n[: -len(suffix)]
-        for n in os.listdir(os.path.join(root, layout.images))
+        for n in filesystem.listdir(os.path.join(root, layout.images))
         if n.endswith(suffix)
       )
     )
@@ -186,7 +186,8 @@ def open_dataset(name: str, data_dir: str):
     raise LayoutError(f'{name}: no examples listed in {root} (expected {_expected(layout)})')
   images = tuple(os.path.join(root, layout.images, i + layout.image_suffix) for i in ids)
   masks = tuple(os.path.join(root, layout.masks, i + layout.mask_suffix) for i in ids)
-  missing = [p for pair in zip(images, masks) for p in pair if not os.path.isfile(p)]
+  paths = [p for pair in zip(images, masks) for p in pair]
+  missing = [p for p, found in zip(paths, filesystem.are_files(paths)) if not found]
   if missing:
     raise LayoutError(
       f'{name}: {len(missing)} of the {2 * len(ids)} image and mask files of the split are '
@@ -222,16 +223,20 @@ class ClassificationDataset:
 
 IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.webp', '.bmp')
 _WORDNET_ID = re.compile(r'n\d{8}')
+# Threads asking about ImageNet's 1000 class folders at once (one request each on gs://).
+_LISTING_WORKERS = 16
+
+
+def _in_parallel(function: Callable[[str], Any], items: list[str]) -> list:
+  return list(prefetch(lambda i: function(items[i]), range(len(items)), _LISTING_WORKERS))
 
 
 def _class_folders(directory: str) -> list[str]:
-  if not os.path.isdir(directory):
+  if not filesystem.isdir(directory):
     return []
-  return sorted(
-    n
-    for n in os.listdir(directory)
-    if _WORDNET_ID.fullmatch(n) and os.path.isdir(os.path.join(directory, n))
-  )
+  names = [n for n in filesystem.listdir(directory) if _WORDNET_ID.fullmatch(n)]
+  folders = _in_parallel(lambda n: filesystem.isdir(os.path.join(directory, n)), names)
+  return [n for n, is_folder in zip(names, folders) if is_folder]
 
 
 def open_imagenet(data_dir: str) -> ClassificationDataset:
@@ -239,23 +244,24 @@ def open_imagenet(data_dir: str) -> ClassificationDataset:
   `data_dir/val` or `data_dir/imagenet/val`; classes in sorted folder order, which is the
   order of IMAGENET_CLASSES. A LayoutError names what is missing."""
   candidates = [data_dir, os.path.join(data_dir, 'val'), os.path.join(data_dir, 'imagenet', 'val')]
-  root = next((c for c in candidates if _class_folders(c)), None)
-  if root is None:
+  for root in candidates:
+    folders = _class_folders(root)
+    if folders:
+      break
+  else:
     raise LayoutError(
       f'imagenet: no class folders (n01440764, ...) in {", ".join(candidates)}; expected the '
       'validation images sorted into one folder per class'
     )
-  folders = _class_folders(root)
   if len(folders) != len(IMAGENET_CLASSES):
     raise LayoutError(
       f'imagenet: {root} has {len(folders)} class folders, expected {len(IMAGENET_CLASSES)} '
       f'(first: {folders[0]}, last: {folders[-1]}); the split is incomplete'
     )
+  listings = _in_parallel(lambda folder: filesystem.listdir(os.path.join(root, folder)), folders)
   images, labels = [], []
-  for label, folder in enumerate(folders):
-    names = sorted(
-      n for n in os.listdir(os.path.join(root, folder)) if n.lower().endswith(IMAGE_SUFFIXES)
-    )
+  for label, (folder, listing) in enumerate(zip(folders, listings)):
+    names = [n for n in listing if n.lower().endswith(IMAGE_SUFFIXES)]
     if not names:
       raise LayoutError(f'imagenet: class folder {os.path.join(root, folder)} has no images')
     images += [os.path.join(root, folder, n) for n in names]

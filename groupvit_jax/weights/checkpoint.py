@@ -1,7 +1,7 @@
 """groupvit_jax model checkpoints: a directory with `config.json` and orbax `variables/`.
 
 Every entry point (the inference API, evaluation, fine-tuning) loads this one format; the
-converter writes it from released weights.
+converter writes it from released weights. The directory may be local or a URL (gs://...).
 """
 
 import json
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from groupvit_jax import filesystem
 from groupvit_jax.models.groupvit import GroupViT
 
 FORMAT = 'groupvit_jax'
@@ -42,15 +43,20 @@ def variable_shapes(model: GroupViT) -> dict:
   return jax.eval_shape(model.init, {'params': jax.random.key(0)}, *init_inputs(model))
 
 
+def _read_config(path: str) -> dict | None:
+  """The config file of the checkpoint at `path`; None if `path` holds none."""
+  config = filesystem.join(path, CONFIG_FILE)
+  if not filesystem.isfile(config):
+    return None
+  try:
+    content = json.loads(filesystem.read_text(config))
+  except json.JSONDecodeError:
+    return None
+  return content if isinstance(content, dict) and content.get('format') == FORMAT else None
+
+
 def is_checkpoint(path: str) -> bool:
-  config = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config):
-    return False
-  with open(config) as f:
-    try:
-      return json.load(f).get('format') == FORMAT
-    except json.JSONDecodeError:
-      return False
+  return _read_config(path) is not None
 
 
 def save(
@@ -60,23 +66,30 @@ def save(
   metadata: Mapping[str, Any] | None = None,
   overwrite: bool = False,
 ) -> None:
-  """Writes a checkpoint atomically: into a temporary sibling, renamed into place at the end."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not overwrite:
+  """Writes a checkpoint that no reader takes for complete before it is.
+
+  A local one is written into a temporary sibling, renamed into place at the end. Object
+  stores have no cheap renames: there the old checkpoint (with `overwrite`) is removed, its
+  config first, and the new one written in place, its config (which `load` needs) last.
+  """
+  directory = filesystem.abspath(directory)
+  if filesystem.exists(directory) and not overwrite:
     raise FileExistsError(f'{directory} already exists; choose another output or overwrite it')
+  config = {'format': FORMAT, 'version': 1, 'model': _jsonable(model_config)}
+  config_text = json.dumps({**config, **dict(metadata or {})}, indent=2)
+  if filesystem.is_url(directory):
+    _remove_remote(directory)
+    try:
+      _write(directory, config_text, variables)
+    except BaseException:
+      filesystem.rmtree(directory)
+      raise
+    return
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
   try:
-    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-      json.dump(
-        {'format': FORMAT, 'version': 1, 'model': _jsonable(model_config), **dict(metadata or {})},
-        f,
-        indent=2,
-      )
-    checkpointer = _checkpointer()
-    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.tree.map(np.asarray, dict(variables)))
-    checkpointer.wait_until_finished()
+    _write(tmp, config_text, variables)
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -85,24 +98,49 @@ def save(
     raise
 
 
+def _remove_remote(directory: str) -> None:
+  """Deletes the checkpoint at URL `directory`, its config first (it is then no checkpoint)."""
+  config = filesystem.join(directory, CONFIG_FILE)
+  if filesystem.exists(config):
+    filesystem.remove(config)
+  filesystem.rmtree(directory)
+
+
+def _write(directory: str, config_text: str, variables: Mapping[str, Any]) -> None:
+  """The variables, then the config file."""
+  checkpointer = _checkpointer()
+  checkpointer.save(
+    filesystem.join(directory, VARIABLES_DIR), jax.tree.map(np.asarray, dict(variables))
+  )
+  checkpointer.wait_until_finished()
+  filesystem.write_text(filesystem.join(directory, CONFIG_FILE), config_text)
+
+
 def _checkpointer():
   # orbax loads on first use: reading or writing weights, not importing the library.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  return ocp.StandardCheckpointer()
+  # This process alone reads or writes these host (NumPy) arrays: in a multi-process run the
+  # trainer saves the final model from process 0 only, so no barrier may wait for the others.
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}
+    )
+  )
 
 
 def load(directory: str) -> tuple[dict, dict]:
   """(model config, variables) of a checkpoint directory."""
-  if not is_checkpoint(directory):
+  config = _read_config(directory)
+  if config is None:
     raise FileNotFoundError(
       f'{directory} is not a groupvit_jax checkpoint (no {CONFIG_FILE} with "format": "{FORMAT}")'
     )
-  with open(os.path.join(directory, CONFIG_FILE)) as f:
-    model_config = json.load(f)['model']
+  model_config = config['model']
   target = variable_shapes(build_model(model_config))
   variables = _checkpointer().restore(
-    os.path.join(os.path.abspath(directory), VARIABLES_DIR), target
+    filesystem.join(filesystem.abspath(directory), VARIABLES_DIR), target
   )
   return model_config, variables
 

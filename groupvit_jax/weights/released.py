@@ -4,16 +4,17 @@
 
 An NVlabs checkpoint is a `torch.save` dict with a `model` state dict; a Hugging Face
 GroupViTModel directory holds `config.json` and `model.safetensors` or `pytorch_model.bin`.
-The architecture is inferred from the weights (state_dicts.infer_model_config).
+The architecture is inferred from the weights (state_dicts.infer_model_config). Paths may be
+local or URLs (gs://...).
 """
 
 import json
-import os
 import pickle
 from typing import Any, Optional
 
 import numpy as np
 
+from groupvit_jax import filesystem
 from groupvit_jax.weights import checkpoint, state_dicts
 from groupvit_jax.weights.state_dicts import ConversionError
 
@@ -77,15 +78,17 @@ def _torch_load(path: str) -> Any:
   """torch.load on CPU; a file that is not a readable checkpoint raises ConversionError."""
   torch = _torch()
   try:
-    try:
-      return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-      if 'Weights only load failed' not in str(e):
-        raise
-      # Objects besides tensors (e.g. the training config): read them as stand-ins.
-      return torch.load(
-        path, map_location='cpu', weights_only=False, pickle_module=_stub_pickle_module()
-      )
+    with filesystem.open(path, 'rb') as f:
+      try:
+        return torch.load(f, map_location='cpu', weights_only=True)
+      except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e):
+          raise
+        # Objects besides tensors (e.g. the training config): read them as stand-ins.
+        f.seek(0)
+        return torch.load(
+          f, map_location='cpu', weights_only=False, pickle_module=_stub_pickle_module()
+        )
   except Exception as e:  # torch.load fails on damaged files with many error types
     raise ConversionError(
       f'{path} is not a readable PyTorch checkpoint (truncated or '
@@ -121,23 +124,22 @@ def read_nvlabs(path: str) -> dict:
 
 def read_hf(directory: str) -> tuple[dict, dict]:
   """(state dict, config.json) of a Hugging Face GroupViTModel directory."""
-  config_path = os.path.join(directory, 'config.json')
-  if not os.path.isfile(config_path):
+  config_path = filesystem.join(directory, 'config.json')
+  if not filesystem.isfile(config_path):
     raise ConversionError(f'{directory} has no config.json: not a Hugging Face model directory')
   try:
-    with open(config_path) as f:
-      config = json.load(f)
+    config = json.loads(filesystem.read_text(config_path))
   except json.JSONDecodeError as e:
     raise ConversionError(f'{config_path} is not valid JSON: {e}') from e
   if config.get('model_type') not in (None, 'groupvit'):
     raise ConversionError(f'{directory} holds a {config.get("model_type")!r} model, not GroupViT')
-  safetensors_path = os.path.join(directory, 'model.safetensors')
-  bin_path = os.path.join(directory, 'pytorch_model.bin')
-  if os.path.isfile(safetensors_path):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  safetensors_path = filesystem.join(directory, 'model.safetensors')
+  bin_path = filesystem.join(directory, 'pytorch_model.bin')
+  if filesystem.isfile(safetensors_path):
+    from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
 
     try:
-      state_dict = load_file(safetensors_path)
+      state_dict = load(filesystem.read_bytes(safetensors_path))
     except Exception as e:  # safetensors raises its own error types for bad headers
       raise ConversionError(
         f'{safetensors_path} is not a readable safetensors file (truncated or corrupt?): {e}'
@@ -145,7 +147,7 @@ def read_hf(directory: str) -> tuple[dict, dict]:
     state_dict = {
       k: v.astype(np.float32) if v.dtype.kind == 'f' else v for k, v in state_dict.items()
     }
-  elif os.path.isfile(bin_path):
+  elif filesystem.isfile(bin_path):
     state_dict = _to_numpy(_torch_load(bin_path))
   else:
     raise ConversionError(f'{directory} has neither model.safetensors nor pytorch_model.bin')
@@ -156,10 +158,10 @@ def convert(
   path: str, num_heads: Optional[int] = None, text_num_heads: Optional[int] = None
 ) -> tuple[dict, dict, str]:
   """(model config, variables, source format) for a released checkpoint file or directory."""
-  if not os.path.exists(path):
+  if not filesystem.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
   hf_config = None
-  if os.path.isdir(path):
+  if filesystem.isdir(path):
     hf_state_dict, hf_config = read_hf(path)
     state_dict, source = state_dicts.hf_to_nvlabs(hf_state_dict), 'huggingface'
   else:
