@@ -134,6 +134,8 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
+  config.profile_steps = ()
   config.evals = zero_shot_evals(eval_data_dir) if eval_data_dir else {}
   config.eval_every_epochs = 1.0
   config.eval_every_steps = config_dict.placeholder(int)  # 0: at the end only

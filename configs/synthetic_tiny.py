@@ -84,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 25
   config.checkpoint_every_steps = 250
   config.keep_checkpoints = 2
+  # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
+  config.profile_steps = ()
   config.eval_every_steps = 0  # evaluate at the end only
   config.evals = ml_collections.ConfigDict(
     dict(

@@ -1,8 +1,11 @@
-"""metrics.jsonl rows, their clean-up on resume, the progress line and the picture helpers."""
+"""metrics.jsonl rows, their clean-up on resume, TensorBoard event files (read back by
+TensorBoard's own loader), the progress line and the picture helpers."""
 
 import json
+import os
 
 import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
 
 from groupvit_jax import progress, visualize
 from groupvit_jax.training import metric_writers
@@ -24,6 +27,30 @@ def test_jsonl_rows_and_resume_drops_steps_after_the_checkpoint(tmp_path):
   writer.close()
   rows = [json.loads(line) for line in open(path)]
   assert [r['step'] for r in rows] == [1, 2, 3, 4] and rows[-1]['loss'] == 9.0
+
+
+def tensorboard_scalars(directory: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)...]} as TensorBoard loads them from the event files in `directory`."""
+  loader = event_accumulator.EventAccumulator(directory, size_guidance={'scalars': 0})
+  loader.Reload()
+  return {tag: [(e.step, e.value) for e in loader.Scalars(tag)] for tag in loader.Tags()['scalars']}
+
+
+def test_tensorboard_reads_the_event_files_and_they_roll_over(tmp_path, monkeypatch):
+  directory = str(tmp_path / 'tensorboard')
+  monkeypatch.setattr(metric_writers, 'EVENT_FILE_BYTES', 2000)  # a new file every ~40 steps
+  writer = metric_writers.EventFileWriter(directory)
+  for step in range(1, 101):
+    writer.write_scalars(step, {'loss': np.float32(1 / step), 'lr': step * 1e-4})
+  writer.close()
+  files = sorted(os.listdir(directory))
+  assert len(files) >= 3 and all(f.startswith('events.out.tfevents.') for f in files)
+  assert all(os.path.getsize(os.path.join(directory, f)) < 2000 + 200 for f in files)
+  scalars = tensorboard_scalars(directory)
+  assert sorted(scalars) == ['loss', 'lr']
+  assert [step for step, _ in scalars['loss']] == list(range(1, 101))
+  np.testing.assert_allclose([v for _, v in scalars['loss']], 1 / np.arange(1, 101), rtol=1e-6)
+  np.testing.assert_allclose(scalars['lr'][-1][1], 1e-2, rtol=1e-6)
 
 
 def test_progress_line_has_rate_and_eta():

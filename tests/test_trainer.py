@@ -133,6 +133,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
       lambda c: setattr(c.data, 'image_size', 48),
       r'config\.data\.image_size \(48\) differs from config\.model\.vision\.image_size',
     ),
+    (
+      lambda c: setattr(c, 'profile_steps', (3, 2)),
+      r'config\.profile_steps must be \(first, last\)',
+    ),
+    (lambda c: setattr(c, 'profile_steps', (0, 2)), r'1 <= first <= last'),
   ],
 )
 def test_bad_configs_fail_at_start_up_and_leave_the_workdir_alone(tmp_path, change, message):
@@ -168,3 +173,20 @@ def test_unknown_override_is_a_one_line_error(tmp_path):
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: unknown config key') and 'warmup_steps' in last, last
+
+
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path):
+  workdir = tmp_path / 'run'
+  result = cli.run(
+    'groupvit_jax.main',
+    f'--config={CONFIG_FILE}',
+    f'--workdir={workdir}',
+    '--config.total_steps=4',
+    '--config.profile_steps=(2, 3)',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'wrote a profile of steps 2-3 to {workdir}/tensorboard' in result.stderr
+  # The profile plugin's layout: plugins/profile/<run>/<host>.xplane.pb, one run.
+  (run,) = os.listdir(workdir / 'tensorboard' / 'plugins' / 'profile')
+  traces = list((workdir / 'tensorboard' / 'plugins' / 'profile' / run).glob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 10_000

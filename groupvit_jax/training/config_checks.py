@@ -10,6 +10,7 @@ from groupvit_jax import evaluators
 from groupvit_jax.models.groupvit import GroupViT
 from groupvit_jax.models.text import TextTower
 from groupvit_jax.models.vision import VisionTower
+from groupvit_jax.training import profiling
 from input_pipeline import train_data
 
 
@@ -35,6 +36,7 @@ TOP_LEVEL = {
   'data': True,
   'keep_checkpoints': False,
   'evals': False,
+  'profile_steps': False,  # (first, last) steps to trace; training/profiling.py
 }
 OPTIMIZER = {
   'lr': True,
@@ -99,6 +101,10 @@ def check(config: Mapping[str, Any]) -> None:
       kind = 'a positive integer' if least else 'a non-negative integer'
       derive = ' (or None, to derive it from epochs)' if path in DERIVED_WHEN_NONE else ''
       raise ConfigError(f'config.{path} must be {kind}{derive}, got {value!r}')
+  try:
+    profiling.check_steps(config.get('profile_steps'))
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
   _check_keys('config.model', config['model'], _module_fields(GroupViT) | {'remat', 'dtype'})
   _check_keys('config.model.vision', config['model'].get('vision', {}), _module_fields(VisionTower))
   _check_keys('config.model.text', config['model'].get('text', {}), _module_fields(TextTower))
