@@ -14,9 +14,22 @@ from ml_collections import config_flags
 from input_pipeline import failures
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and pictures.')
+flags.DEFINE_string(
+  'workdir', None, 'Directory or gs:// URL for checkpoints, metrics, TensorBoard and pictures.'
+)
 flags.DEFINE_bool(
-  'distributed', False, 'Call jax.distributed.initialize() first (multi-host TPU or GPU runs).'
+  'distributed',
+  False,
+  'Join a multi-process run: jax.distributed.initialize() finds the peers on a Cloud TPU VM, '
+  'under SLURM or Open MPI, or from the three flags below.',
+)
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (implies --distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (implies --distributed).')
+flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+flags.DEFINE_integer(
+  'heartbeat_timeout_seconds',
+  100,
+  'A process that stops answering (killed, crashed host) ends every other one after this long.',
 )
 config_flags.DEFINE_config_file(
   'config', 'configs/synthetic_tiny.py', 'Experiment config file.', lock_config=True
@@ -51,8 +64,11 @@ def main(argv):
   from groupvit_jax.training import config_checks, train  # pylint: disable=g-import-not-at-top
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  by_hand = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.distributed or any(v is not None for v in by_hand):
+    # CPU processes reduce over gloo (TPU and GPU devices use their own interconnects).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(*by_hand, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
   logging.info(
     'JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices()
   )

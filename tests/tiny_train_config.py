@@ -3,7 +3,10 @@
 from configs import synthetic_tiny
 
 
-def get_config():
+def get_config(options: str = ''):
+  """options 'eval': keep the synthetic evaluation at the end, on 8 scenes of 32 pixels."""
+  if options not in ('', 'eval'):
+    raise ValueError(f'unknown option {options!r}; expected "eval" or none')
   config = synthetic_tiny.get_config()
   vision = config.model.vision
   vision.image_size, vision.width, vision.num_heads = 32, 32, 2
@@ -18,5 +21,8 @@ def get_config():
   config.log_every_steps = 1
   config.checkpoint_every_steps = 3
   config.keep_checkpoints = 5
-  config.evals = {}
+  if options == 'eval':
+    config.evals.synthetic.update(image_size=32, num_examples=8, num_pictures=2)
+  else:
+    config.evals = {}
   return config

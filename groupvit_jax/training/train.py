@@ -9,7 +9,6 @@ depend on the mesh it runs on.
 """
 
 import functools
-import os
 import signal
 import threading
 import time
@@ -26,11 +25,19 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import evaluators, progress
+from groupvit_jax import evaluators, filesystem, progress
+from groupvit_jax.evaluators import common
 from groupvit_jax.image_ops import normalize_images
 from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
-from groupvit_jax.training import config_checks, losses, metric_writers, sharding, train_checkpoints
+from groupvit_jax.training import (
+  config_checks,
+  losses,
+  metric_writers,
+  profiling,
+  sharding,
+  train_checkpoints,
+)
 from groupvit_jax.training import optimizer as optimizers
 from groupvit_jax.training import steps as durations
 from groupvit_jax.weights import checkpoint
@@ -146,12 +153,19 @@ def state_shardings(mesh: Mesh, state_shapes: TrainState) -> TrainState:
 
 
 class _Preemption:
-  """Set by SIGTERM (how preemptible TPU and cloud VMs announce the end): the loop then saves
-  a checkpoint and returns. With several processes, orbax agrees on the step to stop at."""
+  """SIGTERM (how preemptible TPU and cloud VMs announce the end) makes the loop save a
+  checkpoint and return.
+
+  One process: a Python signal handler sets a flag. Several: jax.distributed's preemption
+  notifier catches the signal (on any process) and its sync manager, which orbax asks, names the
+  same step to every process, so all save that one step; no Python handler may replace it.
+  """
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
 
   def reached(self, manager, step: int) -> bool:
     if jax.process_count() > 1:
@@ -159,7 +173,8 @@ class _Preemption:
     return self._event.is_set()
 
   def close(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _next_batch(data, manager) -> dict:
@@ -174,10 +189,25 @@ def _next_batch(data, manager) -> dict:
     ) from error
 
 
+def _data_counters(data) -> dict[str, int]:
+  """The input pipeline's counters (damaged samples by reason) summed over all processes;
+  every process must call this at the same steps."""
+  counts = {k: np.asarray(v, np.int64) for k, v in data.counters().items()}
+  return {k: int(v) for k, v in common.process_sum(counts).items()}
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
+    filesystem.write_text(filesystem.join(workdir, 'config.json'), text)
+
+
+def _host_variables(state: TrainState) -> dict:
+  """The model's variables as NumPy arrays on every process (all processes must call this),
+  whatever the training mesh shards (fsdp) or spans (hosts)."""
+  return multihost_utils.process_allgather(
+    {'params': state.params, 'batch_stats': state.batch_stats}, tiled=True
+  )
 
 
 class PeriodicEvaluation:
@@ -193,11 +223,8 @@ class PeriodicEvaluation:
   def __call__(self, state, step: int, writer, workdir: str, pictures: bool) -> None:
     if not self.evals:
       return
-    # A full copy of the weights on this process's devices: evaluators run per process (each
-    # on its share of the split), whatever the training mesh shards (fsdp) or spans (hosts).
-    variables = multihost_utils.process_allgather(
-      {'params': state.params, 'batch_stats': state.batch_stats}, tiled=True
-    )
+    # Evaluators run per process, each on its share of the split, with a full copy.
+    variables = _host_variables(state)
     if self.inference is None:
       self.inference = GroupViTInference(self.model_config, variables)
     else:
@@ -214,7 +241,7 @@ class PeriodicEvaluation:
         time.time() - start,
       )
       if pictures and jax.process_index() == 0:
-        directory = os.path.join(workdir, 'pictures', name, f'step_{step}')
+        directory = filesystem.join(workdir, 'pictures', name, f'step_{step}')
         evaluator.write_pictures(self.inference, directory)
         logging.info('wrote %s', directory)
 
@@ -248,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info(durations.describe(config, run))
   logging.info(optimizers.describe_rates(config.optimizer, config.batch_size))
   train_data.check_data_config(config.data)
-  os.makedirs(workdir, exist_ok=True)
+  filesystem.makedirs(workdir)
   _write_config(config, workdir)
 
   model_config = config.model.to_dict()
@@ -285,15 +312,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
 
   preemption = _Preemption()
+  trace = profiling.StepTrace(
+    config.get('profile_steps'), filesystem.join(workdir, metric_writers.TENSORBOARD_DIR)
+  )
   last_saved = step if restored is not None else None
   log_time, log_step = time.time(), step
-  logged_counters = data.counters()
+  logged_counters = _data_counters(data)
   metrics = {}
   try:
     while step < total:
       batch = jax.make_array_from_process_local_data(batch_sharding, _next_batch(data, manager))
+      trace.before_step(step + 1)
       state, step_metrics = train_step(state, batch)
       step += 1
+      trace.after_step(step, step_metrics)
       # Reading the metrics waits for this step; the data thread makes the next batches.
       metrics = jax.device_get(step_metrics)
       if not (np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])):
@@ -308,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or step == total:
         seconds_per_step = (time.time() - log_time) / (step - log_step)
         metrics['samples_per_second'] = config.batch_size / seconds_per_step
-        counters = data.counters()
+        counters = _data_counters(data)
         metrics.update(counters)
         writer.write_scalars(step, metrics)
         logging.info(progress.progress_line(step, total, seconds_per_step, metrics))
@@ -321,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           logging.warning('skipped damaged samples since step %d: %s', log_step, new_skips)
         log_time, log_step, logged_counters = time.time(), step, counters
       if step % config.checkpoint_every_steps == 0 or step == total:
+        writer.flush()  # the metrics up to a checkpoint are written before it
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
       if run.eval_every and step % run.eval_every == 0 and step < total:
@@ -336,12 +369,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return metrics
     manager.wait_until_finished()
     evaluate(state, step, writer, workdir, pictures=True)
-    if jax.process_count() == 1:
-      variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+    variables = _host_variables(state)
+    if jax.process_index() == 0:
       checkpoint.save(
-        os.path.join(workdir, 'model'), model_config, variables, {'step': step}, overwrite=True
+        filesystem.join(workdir, 'model'), model_config, variables, {'step': step}, overwrite=True
       )
   finally:
+    trace.stop()
     preemption.close()
     data.close()
     manager.wait_until_finished()
