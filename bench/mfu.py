@@ -7,8 +7,9 @@
 Prints the per-sample GFLOPs of bench/flops.py (matmuls only, a multiply-add being 2
 FLOPs): the image tower and projection on one image, the text towers on the image's texts, its
 share of the contrastive logits, and their training total (3 x forward). Then the samples/s per
-chip that 50% MFU would mean on each chip of flops.PEAK_BF16_FLOPS and, given a measured step
-time, the MFU it achieved. Nothing is run: the numbers follow from the config alone.
+chip that 50% MFU (or --mfu) would mean on each chip of flops.PEAK_BF16_FLOPS, the chip-hours
+of the config's whole run (its epochs of num_train_examples) at that MFU and, given a measured
+step time, the MFU it achieved. Nothing is run: the numbers follow from the config alone.
 """
 
 import argparse
@@ -29,10 +30,15 @@ def parse_args():
   parser.add_argument(
     '--texts', type=int, default=4, help='texts per image: the caption and K prompted nouns'
   )
+  parser.add_argument(
+    '--mfu', type=float, default=0.5, help='utilisation for the samples/s and chip-hours'
+  )
   parser.add_argument('--step_time', type=float, default=None, help='measured seconds per step')
   parser.add_argument('--chip', choices=sorted(flops.PEAK_BF16_FLOPS), default='h100')
   parser.add_argument('--chips', type=int, default=1, help='chips the step ran on')
   args = parser.parse_args()
+  if not 0 < args.mfu <= 1:
+    parser.error(f'--mfu {args.mfu}: expected a fraction in (0, 1]')
   if not os.path.isfile(args.config):
     parser.error(f'--config {args.config}: no such file (expected a configs/*.py file)')
   return args
@@ -48,7 +54,8 @@ def load_config(path):
 
 def main():
   args = parse_args()
-  config = load_config(args.config).model.to_dict()
+  run_config = load_config(args.config)
+  config = run_config.model.to_dict()
   image = flops.image_forward_flops(config, args.image_size)
   text = flops.text_forward_flops(config)
   logits = flops.contrastive_logits_flops(config, args.texts, args.batch)
@@ -67,9 +74,16 @@ def main():
   for name, value in rows:
     print(f'  {name:<40} {value / 1e9:10.3f}')
 
-  print('samples/s per chip at 50% MFU (dense bf16 peak):')
+  samples = run_config.get('epochs', 0) * run_config.get('num_train_examples', 0)
+  print(
+    f'per chip at {100 * args.mfu:.0f}% MFU (dense bf16 peak): samples/s, and chip-hours for '
+    f'{run_config.get("epochs", 0):g} epochs of {run_config.get("num_train_examples", 0):,} '
+    'samples'
+  )
   for chip, peak in flops.PEAK_BF16_FLOPS.items():
-    print(f'  {chip:<10} {peak / 1e12:6.0f} TFLOP/s  {0.5 * peak / train:8.0f} samples/s')
+    rate = args.mfu * peak / train
+    hours = f'{samples / rate / 3600:10,.0f} chip-hours' if samples else ''
+    print(f'  {chip:<10} {peak / 1e12:6.0f} TFLOP/s  {rate:8.0f} samples/s {hours}')
 
   if args.step_time is not None:
     peak = flops.PEAK_BF16_FLOPS[args.chip]

@@ -1,6 +1,9 @@
 """The analytic FLOP counts against the model's own matmuls and XLA's cost analysis."""
 
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +171,28 @@ def test_mfu():
   # 1000 samples of 1 TFLOP in 2 s on 4 chips of 1 PFLOP/s: 0.5 PFLOP/s of 4 PFLOP/s.
   assert flops.mfu(2.0, 1000, 1e12, 1e15, 4) == pytest.approx(0.125)
   assert flops.mfu(1.0, 8, 1e12, flops.PEAK_BF16_FLOPS['h100'], 1) == pytest.approx(8 / 989)
+
+
+def test_mfu_command_gives_the_chip_hours_of_the_released_run():
+  result = subprocess.run(
+    [sys.executable, 'bench/mfu.py', '--config', 'configs/cc_yfcc_2stage.py', '--mfu', '0.25'],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  lines = result.stdout.splitlines()
+  train_gflops = float(next(line for line in lines if 'train (3 x forward)' in line).split()[-1])
+  h100 = next(line for line in lines if line.split()[0] == 'h100').split()
+  # 30 epochs of CC3M + CC12M + YFCC14M, at a quarter of 989 TFLOP/s.
+  seconds = 30 * 28_663_147 * train_gflops * 1e9 / (0.25 * 989e12)
+  assert int(h100[-2].replace(',', '')) == round(seconds / 3600)
+  assert h100[-1] == 'chip-hours' and '25% MFU' in result.stdout
+  assert (
+    subprocess.run(
+      [sys.executable, 'bench/mfu.py', '--config', 'configs/cc_yfcc_2stage.py', '--mfu', '2'],
+      capture_output=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).returncode
+    == 2
+  )
