@@ -294,7 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(init, out_shardings=shardings)()
   else:
     state, data_state = restored
-    data.set_state(data_state)
+    if data_state is not None:
+      data.set_state(data_state)
     logging.info('resumed from the checkpoint at step %d in %s', int(state.step), workdir)
   step = int(state.step)
   writer = metric_writers.create_writer(workdir, resume_step=step)

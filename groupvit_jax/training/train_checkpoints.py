@@ -15,10 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
 from groupvit_jax import filesystem
-from groupvit_jax.training import config_checks
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -57,26 +57,33 @@ def save(manager: ocp.CheckpointManager, state: Any, data_state: dict) -> None:
   )
 
 
-def _this_process(saved: dict, step: int, directory) -> dict:
-  """This process's data state from a checkpoint's; a run resumes with as many processes as
-  wrote it, unless their states are all alike (synthetic data: only the step)."""
+def _this_process(saved: dict, step: int, directory) -> dict | None:
+  """This process's data state from a checkpoint's, or None when the checkpoint was written by
+  another number of processes reading their own shards (a resized slice): the model resumes at
+  its step, the data iterators start a new order."""
   # Checkpoints written before the states of all processes were kept hold one dict.
   states = saved['processes'] if 'processes' in saved else [saved]
   if len(states) == jax.process_count():
     return states[jax.process_index()]
-  if all(s == states[0] for s in states):
+  if all(s == states[0] for s in states):  # e.g. synthetic data, whose state is the step
     return states[0]
-  raise config_checks.ConfigError(
-    f'the checkpoint at step {step} in {directory} was written by {len(states)} processes, each '
-    f'reading its own shards; resume it with {len(states)} processes (this run has '
-    f'{jax.process_count()}), or start a new workdir'
+  logging.warning(
+    'the checkpoint at step %d in %s was written by %d processes and this run has %d: the '
+    'weights resume, the data order starts anew (rerun with %d processes to keep it)',
+    step,
+    directory,
+    len(states),
+    jax.process_count(),
+    len(states),
   )
+  return None
 
 
 def restore_latest(
   manager: ocp.CheckpointManager, state_shapes: Any, shardings: Any
 ) -> tuple[Any, dict] | None:
-  """(state laid out with `shardings`, data iterator state) of the latest step, or None."""
+  """(state laid out with `shardings`, this process's data iterator state or None) of the
+  latest step, or None."""
   step = manager.latest_step()
   if step is None:
     return None
