@@ -16,6 +16,7 @@ PACKAGES = ('groupvit_jax', 'input_pipeline')
 # Lowest first; a module belongs to the longest prefix listed.
 LAYERS = (
   (
+    'groupvit_jax.filesystem',
     'groupvit_jax.image_ops',
     'groupvit_jax.interpolation',
     'groupvit_jax.prompts',
