@@ -136,9 +136,6 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
   config.profile_steps = ()
-  # Embed the global batch in this many pieces: the same losses and gradients with a
-  # piece's activations in memory (training/grad_cache.py), for the released batch on few chips.
-  config.contrastive_chunks = 1
   config.evals = zero_shot_evals(eval_data_dir) if eval_data_dir else {}
   config.eval_every_epochs = 1.0
   config.eval_every_steps = config_dict.placeholder(int)  # 0: at the end only

@@ -86,9 +86,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
   config.profile_steps = ()
-  # Embed the global batch in this many pieces: the same losses and gradients with a
-  # piece's activations in memory (training/grad_cache.py), for the released batch on few chips.
-  config.contrastive_chunks = 1
   config.eval_every_steps = 0  # evaluate at the end only
   config.evals = ml_collections.ConfigDict(
     dict(

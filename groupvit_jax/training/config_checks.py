@@ -37,7 +37,6 @@ TOP_LEVEL = {
   'keep_checkpoints': False,
   'evals': False,
   'profile_steps': False,  # (first, last) steps to trace; training/profiling.py
-  'contrastive_chunks': False,  # embed the batch in pieces; training/grad_cache.py
 }
 OPTIMIZER = {
   'lr': True,
@@ -65,7 +64,6 @@ POSITIVE_INTS = {
   'eval_every_steps': 0,  # 0: evaluate at the end only
   'optimizer.warmup_steps': 0,
   'optimizer.grad_accum_steps': 1,
-  'contrastive_chunks': 1,
 }
 DERIVED_WHEN_NONE = ('total_steps', 'eval_every_steps', 'optimizer.warmup_steps')
 

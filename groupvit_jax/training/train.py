@@ -32,7 +32,6 @@ from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
 from groupvit_jax.training import (
   config_checks,
-  grad_cache,
   losses,
   metric_writers,
   profiling,
@@ -71,22 +70,13 @@ def create_train_state(
   )
 
 
-def loss_and_grads(
-  model: GroupViT, mesh: Mesh, state: TrainState, batch: dict, contrastive_chunks: int = 1
-):
+def loss_and_grads(model: GroupViT, mesh: Mesh, state: TrainState, batch: dict):
   """Losses, metrics, new BatchNorm statistics and gradients for one global batch.
 
   batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts.
-  With `contrastive_chunks` > 1 the towers run on that many pieces of the batch at a time
-  (grad_cache.py): the same losses and gradients, with one piece's activations in memory.
-  Gumbel noise and drop path are drawn per image, from a key folded with the image's row in
-  the global batch, so they do not depend on the chunking.
   """
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  rows = jnp.arange(batch['image'].shape[0])
-  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(step_rng, rows)  # [B] keys
-  row_keys = jax.lax.with_sharding_constraint(row_keys, sharding.batch_sharding(mesh))
-  inputs = {'image': batch['image'], 'text': batch['text'], 'key': row_keys}
+  gumbel_rng, dropout_rng = jax.random.split(step_rng)
   contrastive = jax.shard_map(
     functools.partial(losses.contrastive_losses, axis_name=sharding.BATCH_AXES),
     mesh=mesh,
@@ -94,39 +84,20 @@ def loss_and_grads(
     out_specs=P(),
   )
 
-  def features(params, rows):
-    def one_image(image, key):  # [H, W, 3] -> [Dv], with this image's own random draws
-      gumbel, dropout = jax.random.split(key)
-      return model.apply(
-        {'params': params},
-        normalize_images(image[None]),
-        rngs={'gumbel': gumbel, 'dropout': dropout},
-        method=GroupViT.image_backbone,
-      )[0]
-
-    image = jax.vmap(one_image)(rows['image'], rows['key'])  # [B, Dv]
-    text = model.apply({'params': params}, rows['text'], method=GroupViT.text_backbone)
-    return image, text  # [B, Dv], [B, 1 + K, Dt]
-
-  def head(params, feats):
+  def loss_fn(params):
     (image, text, (scale, multi_label_scale)), updates = model.apply(
       {'params': params, 'batch_stats': state.batch_stats},
-      *feats,
+      normalize_images(batch['image']),
+      batch['text'],
+      rngs={'gumbel': gumbel_rng, 'dropout': dropout_rng},
       mutable=['batch_stats'],
-      method=GroupViT.project_for_training,
+      method=GroupViT.embed_for_training,
     )
     metrics = contrastive(image, text[:, 0], text[:, 1:], scale, multi_label_scale)
     metrics = dict(metrics, logit_scale=scale, multi_label_logit_scale=multi_label_scale)
     return metrics['loss'], (metrics, updates['batch_stats'])
 
-  if contrastive_chunks == 1:
-    (_, (metrics, batch_stats)), grads = jax.value_and_grad(
-      lambda params: head(params, features(params, inputs)), has_aux=True
-    )(state.params)
-  else:
-    (_, (metrics, batch_stats)), grads = grad_cache.loss_and_grads(
-      features, head, state.params, inputs, contrastive_chunks, mesh
-    )
+  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return metrics, batch_stats, grads
 
 
@@ -137,17 +108,15 @@ def make_train_step(
   mesh: Mesh,
   state_shardings: Any,
   grad_accum_steps: int = 1,
-  contrastive_chunks: int = 1,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The jitted step: (state, batch) -> (next state, metrics). The old state is donated.
 
   `state.step` counts batches; with gradient accumulation the optimizer (optax.MultiSteps)
   updates every `grad_accum_steps` of them, and the schedule advances with those updates.
-  `contrastive_chunks` > 1 embeds the batch in that many pieces (see loss_and_grads).
   """
 
   def train_step(state: TrainState, batch: dict):
-    metrics, batch_stats, grads = loss_and_grads(model, mesh, state, batch, contrastive_chunks)
+    metrics, batch_stats, grads = loss_and_grads(model, mesh, state, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step // grad_accum_steps))
@@ -293,12 +262,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
-    chunks = config.get('contrastive_chunks', 1)
-    if config.batch_size % (mesh.size * chunks):
-      raise ValueError(
-        f'batch_size {config.batch_size} does not split into contrastive_chunks {chunks} of '
-        f'equal rows on each of the {mesh.size} devices; use a multiple of {mesh.size * chunks}'
-      )
     # Warm-up and length in optimizer updates, the rates scaled with the batch if so
     # configured; built (and so checked) before anything is written.
     schedule = optimizers.schedule_from_config(
@@ -337,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state.step)
   writer = metric_writers.create_writer(workdir, resume_step=step)
   evaluate = PeriodicEvaluation(evaluators.create(config.get('evals', {})), model_config)
-  train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum, chunks)
+  train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum)
   batch_sharding = sharding.batch_sharding(mesh)
   total = run.total
   logging.info(
