@@ -42,6 +42,8 @@ def get_model_config() -> ml_collections.ConfigDict:
       projection_hidden_dim=4096,
       # Compute dtype; parameters, normalisations and the assignment softmax stay float32.
       dtype='bfloat16',
+      remat='none',  # rematerialisation policy (README, Scale)
+      attention='auto',  # cuDNN's fused attention on NVIDIA GPUs in bf16, else XLA's
     )
   )
 

@@ -99,11 +99,13 @@ class CrossAttentionBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
+  attention: str = 'auto'  # layers.attention_implementation
 
   @nn.compact
   def __call__(self, query: jax.Array, key: jax.Array) -> jax.Array:
     d = query.shape[-1]
-    x = query + layers.CrossAttention(self.num_heads, self.dtype, name='attn')(query, key)
+    attn = layers.CrossAttention(self.num_heads, self.dtype, self.attention, name='attn')
+    x = query + attn(query, key)
     x = x + layers.Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name='mlp')(
       layers.layer_norm('norm2')(x)
     )
@@ -126,6 +128,7 @@ class GroupingBlock(nn.Module):
   assign_eps: float = 1.0
   dtype: jnp.dtype = jnp.float32
   assign_scale: float = 1.0
+  attention: str = 'auto'  # the cross-attention's kernel: layers.attention_implementation
 
   @nn.compact
   def __call__(
@@ -141,7 +144,7 @@ class GroupingBlock(nn.Module):
     groups = layers.mix_tokens(mlp_inter, group_tokens)  # [B, S_out, D]
     groups = layers.layer_norm('norm_post_tokens')(groups)
     groups = CrossAttentionBlock(
-      self.num_heads, self.mlp_ratio, self.dtype, name='pre_assign_attn'
+      self.num_heads, self.mlp_ratio, self.dtype, self.attention, name='pre_assign_attn'
     )(groups, tokens)
 
     merged, assignment = AssignAttention(

@@ -62,8 +62,11 @@ class GroupViT(nn.Module):
   """The two-tower GroupViT model.
 
   `vision` and `text` are the keyword arguments of VisionTower and TextTower; `dtype` is the
-  compute dtype ('float32' or 'bfloat16'); parameters are always float32. `remat` recomputes
-  every transformer block's activations in the backward pass (less memory, more compute).
+  compute dtype ('float32' or 'bfloat16'); parameters are always float32. `remat` is the
+  rematerialisation policy of the towers' blocks (layers.remat_policy: 'none', 'full', or a
+  jax.checkpoint_policies name; bools as in older configs): less memory, more compute.
+  `attention` picks the attention kernel (layers.attention_implementation: 'auto', 'xla',
+  'cudnn').
   """
 
   vision: Mapping[str, Any]
@@ -71,12 +74,14 @@ class GroupViT(nn.Module):
   embed_dim: int = 256
   projection_hidden_dim: int = 4096
   dtype: str = 'float32'
-  remat: bool = False
+  remat: str | bool = 'none'
+  attention: str = 'auto'
 
   def setup(self):
     dtype = jnp.dtype(self.dtype)
-    self.img_encoder = VisionTower(**_tuples(self.vision), dtype=dtype, remat=self.remat)
-    self.text_encoder = TextTower(**self.text, dtype=dtype, remat=self.remat)
+    towers = dict(dtype=dtype, remat=self.remat, attention=self.attention)
+    self.img_encoder = VisionTower(**_tuples(self.vision), **towers)
+    self.text_encoder = TextTower(**self.text, **towers)
     self.img_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
     self.text_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
     init_scale = nn.initializers.constant(math.log(1 / 0.07))

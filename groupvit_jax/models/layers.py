@@ -4,7 +4,7 @@ Parameter names follow the released checkpoints (``norm1``, ``attn.qkv``, ``attn
 ``mlp.fc1`` ...) so that the weight converters stay a table of renames.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -56,13 +56,75 @@ def mix_tokens(mlp: Mlp, x: jax.Array) -> jax.Array:
   return jnp.swapaxes(mlp(jnp.swapaxes(x, 1, 2)), 1, 2)  # via [B, D, T_in] -> [B, D, T_out]
 
 
+# config.model.attention: which kernel computes softmax(q k^T / sqrt(Dh)) v.
+ATTENTION_CHOICES = ('auto', 'xla', 'cudnn')
+# The input dtypes cuDNN's fused (flash) attention takes, and the head widths it takes on every
+# GPU generation (a multiple of 8, at most 128; Hopper and later also take up to 256).
+CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def default_platform() -> str:
+  """The default JAX backend: 'cuda' for an NVIDIA GPU, 'rocm' for an AMD one, else
+  jax.default_backend() ('cpu', 'tpu')."""
+  backend = jax.default_backend()
+  if backend == 'gpu':
+    version = jax.devices()[0].client.platform_version.lower()
+    return 'cuda' if 'cuda' in version else 'rocm'
+  return backend
+
+
+def attention_implementation(
+  setting: str, dtype, head_dim: int, platform: Optional[str] = None
+) -> Optional[str]:
+  """The `implementation` of jax.nn.dot_product_attention for config.model.attention.
+
+  'xla' -> None (XLA's attention); 'cudnn' -> 'cudnn' (an error off NVIDIA GPUs); 'auto' ->
+  'cudnn' when `platform` (default: the default JAX backend) is an NVIDIA GPU and the inputs
+  qualify (bfloat16/float16, head_dim a multiple of 8 and at most CUDNN_MAX_HEAD_DIM), else
+  None. The one place the attention kernel is chosen.
+  """
+  if setting not in ATTENTION_CHOICES:
+    raise ValueError(
+      f'config.model.attention is {setting!r}; expected one of {", ".join(ATTENTION_CHOICES)}'
+    )
+  if setting == 'xla':
+    return None
+  platform = default_platform() if platform is None else platform
+  if setting == 'cudnn':
+    if platform != 'cuda':
+      raise ValueError(
+        f"config.model.attention='cudnn' needs an NVIDIA GPU, but the default JAX backend is "
+        f"{platform!r}: use 'auto' or 'xla'"
+      )
+    if jnp.dtype(dtype) not in CUDNN_DTYPES:
+      raise ValueError(
+        f"config.model.attention='cudnn' needs bfloat16 or float16 inputs, got {jnp.dtype(dtype)}"
+        " (set config.model.dtype='bfloat16', or use 'auto' or 'xla')"
+      )
+    return 'cudnn'
+  eligible = (
+    platform == 'cuda'
+    and jnp.dtype(dtype) in CUDNN_DTYPES
+    and head_dim % 8 == 0
+    and head_dim <= CUDNN_MAX_HEAD_DIM
+  )
+  return 'cudnn' if eligible else None
+
+
 def attend(
-  q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, is_causal: bool = False
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  num_heads: int,
+  is_causal: bool = False,
+  attention: str = 'auto',
 ) -> jax.Array:
   """Multi-head scaled dot-product attention.
 
   q: [B, Tq, D], k and v: [B, Tk, D] -> [B, Tq, D]. Heads are split off D; the softmax is
-  computed in float32 whatever the input dtype.
+  computed in float32 whatever the input dtype. `attention` picks the kernel (see
+  attention_implementation): cuDNN's fused attention or XLA's.
   """
   b, tq, d = q.shape
   head_dim = d // num_heads
@@ -70,7 +132,10 @@ def attend(
   def split(t):
     return t.reshape(t.shape[0], t.shape[1], num_heads, head_dim)  # [B, T, H, Dh]
 
-  out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal)
+  implementation = attention_implementation(attention, q.dtype, head_dim)
+  out = jax.nn.dot_product_attention(
+    split(q), split(k), split(v), is_causal=is_causal, implementation=implementation
+  )
   return out.reshape(b, tq, d)
 
 
@@ -80,13 +145,14 @@ class SelfAttention(nn.Module):
   num_heads: int
   is_causal: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'  # see attention_implementation
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     qkv = dense(3 * d, self.dtype, 'qkv')(x)  # [B, T, 3D], ordered q | k | v
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    out = attend(q, k, v, self.num_heads, self.is_causal)
+    out = attend(q, k, v, self.num_heads, self.is_causal, self.attention)
     return dense(d, self.dtype, 'proj')(out)
 
 
@@ -95,6 +161,7 @@ class CrossAttention(nn.Module):
 
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'  # see attention_implementation
 
   @nn.compact
   def __call__(self, query: jax.Array, key: jax.Array) -> jax.Array:
@@ -102,7 +169,7 @@ class CrossAttention(nn.Module):
     q = dense(d, self.dtype, 'q_proj')(query)
     k = dense(d, self.dtype, 'k_proj')(key)
     v = dense(d, self.dtype, 'v_proj')(key)
-    out = attend(q, k, v, self.num_heads)
+    out = attend(q, k, v, self.num_heads, attention=self.attention)
     return dense(d, self.dtype, 'proj')(out)
 
 
@@ -129,12 +196,13 @@ class TransformerBlock(nn.Module):
   is_causal: bool = False
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'  # see attention_implementation
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     d = x.shape[-1]
     drop = DropPath(self.drop_path)
-    y = SelfAttention(self.num_heads, self.is_causal, self.dtype, name='attn')(
+    y = SelfAttention(self.num_heads, self.is_causal, self.dtype, self.attention, name='attn')(
       layer_norm('norm1')(x)
     )
     x = x + drop(y, deterministic)
@@ -144,11 +212,51 @@ class TransformerBlock(nn.Module):
     return x + drop(y, deterministic)
 
 
-def transformer_block(remat: bool) -> type[TransformerBlock]:
-  """TransformerBlock, rematerialised (activations recomputed in the backward pass) if asked.
+# config.model.remat: what a rematerialised block keeps for the backward pass. 'none' does not
+# rematerialise; 'full' keeps only the block's inputs and recomputes everything else; the
+# others are jax.checkpoint_policies of the same names (the dots ones keep matmul outputs).
+REMAT_POLICIES = {
+  'none': None,
+  'full': None,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+  'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
+  'everything_saveable': jax.checkpoint_policies.everything_saveable,
+}
 
-  Remat trades about a third more compute for not storing each block's activations; the
-  parameters and their names are the same either way.
+
+def remat_policy(remat: Union[str, bool]) -> str:
+  """config.model.remat as a policy name: False -> 'none' and True -> 'full' (the values of
+  configs and checkpoints written when it was a bool; also as the strings 'True' and 'False',
+  which is what `--config.model.remat=True` gives now that the config's value is a string);
+  other names must be REMAT_POLICIES'."""
+  if isinstance(remat, bool):
+    return 'full' if remat else 'none'
+  if remat in ('True', 'False'):
+    return 'full' if remat == 'True' else 'none'
+  if not isinstance(remat, str) or remat not in REMAT_POLICIES:
+    raise ValueError(
+      f'config.model.remat is {remat!r}; expected one of {", ".join(REMAT_POLICIES)} '
+      '(or a bool: False is none, True is full)'
+    )
+  return remat
+
+
+def rematerialise(module: type[nn.Module], remat: Union[str, bool], static_argnums=()):
+  """`module` wrapped in nn.remat with config.model.remat's policy; as is for 'none'.
+
+  static_argnums counts the module itself as argument 0. The parameters and their names are
+  the same either way.
   """
-  # static_argnums counts the module itself as argument 0: `deterministic` is static.
-  return nn.remat(TransformerBlock, static_argnums=(2,)) if remat else TransformerBlock
+  name = remat_policy(remat)
+  if name == 'none':
+    return module
+  return nn.remat(module, static_argnums=static_argnums, policy=REMAT_POLICIES[name])
+
+
+def transformer_block(remat: Union[str, bool]) -> type[TransformerBlock]:
+  """TransformerBlock, rematerialised with a config.model.remat policy (remat_policy).
+
+  'full' trades about a third more compute for not storing each block's activations.
+  """
+  return rematerialise(TransformerBlock, remat, static_argnums=(2,))  # `deterministic`

@@ -17,7 +17,9 @@ class TextTower(nn.Module):
   num_heads: int = 4
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False  # recompute transformer blocks' activations in the backward pass
+  # Rematerialisation policy of the transformer blocks (layers.remat_policy; bools allowed).
+  remat: str | bool = 'none'
+  attention: str = 'auto'  # the attention kernel (layers.attention_implementation)
 
   @nn.compact
   def __call__(self, tokens: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -43,6 +45,7 @@ class TextTower(nn.Module):
         layers.quick_gelu,
         is_causal=True,
         dtype=self.dtype,
+        attention=self.attention,
         name=f'resblocks_{i}',
       )(x, deterministic)
     x = layers.layer_norm('ln_final')(x)

@@ -67,8 +67,9 @@ class GroupingStage(nn.Module):
   gumbel_tau: float
   assign_eps: float
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False
+  remat: str | bool = 'none'  # layers.remat_policy
   assign_scale: float = 1.0
+  attention: str = 'auto'  # layers.attention_implementation
 
   @nn.compact
   def __call__(
@@ -97,13 +98,16 @@ class GroupingStage(nn.Module):
         layers.gelu,
         drop_path=self.drop_path[i],
         dtype=self.dtype,
+        attention=self.attention,
         name=f'blocks_{i}',
       )(x, deterministic)
 
     if group_tokens is None:
       return x, None, None
     x, group_tokens = x[:, :n], x[:, n:]
-    x, assignment = grouping.GroupingBlock(
+    # static_argnums: `deterministic` (the module itself is argument 0).
+    grouping_block = layers.rematerialise(grouping.GroupingBlock, self.remat, static_argnums=(3,))
+    x, assignment = grouping_block(
       self.num_output_groups,
       self.num_heads,
       self.mlp_ratio,
@@ -113,6 +117,7 @@ class GroupingStage(nn.Module):
       assign_eps=self.assign_eps,
       dtype=self.dtype,
       assign_scale=self.assign_scale,
+      attention=self.attention,
       name='downsample',
     )(x, group_tokens, deterministic)
     return x, group_tokens, assignment
@@ -152,7 +157,9 @@ class VisionTower(nn.Module):
   assign_scale: float = 1.0
   drop_path_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
-  remat: bool = False  # recompute transformer blocks' activations in the backward pass
+  # Rematerialisation policy of the transformer and grouping blocks (layers.remat_policy).
+  remat: str | bool = 'none'
+  attention: str = 'auto'  # the attention kernel (layers.attention_implementation)
 
   def _check(self):
     grouping_stages = [s for s in self.num_group_tokens if s]
@@ -203,6 +210,7 @@ class VisionTower(nn.Module):
         dtype=self.dtype,
         remat=self.remat,
         assign_scale=self.assign_scale,
+        attention=self.attention,
         name=f'layers_{i}',
       )(x, group_tokens, deterministic)
       if assignment is not None:

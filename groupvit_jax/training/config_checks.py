@@ -7,6 +7,7 @@ import inspect
 from typing import Any, Iterable, Mapping
 
 from groupvit_jax import evaluators
+from groupvit_jax.models import layers
 from groupvit_jax.models.groupvit import GroupViT
 from groupvit_jax.models.text import TextTower
 from groupvit_jax.models.vision import VisionTower
@@ -68,8 +69,12 @@ POSITIVE_INTS = {
 DERIVED_WHEN_NONE = ('total_steps', 'eval_every_steps', 'optimizer.warmup_steps')
 
 
+# Fields GroupViT sets on both towers: config.model keys, not config.model.vision/text ones.
+MODEL_WIDE = {'dtype', 'remat', 'attention'}
+
+
 def _module_fields(module: type) -> set[str]:
-  return {f.name for f in dataclasses.fields(module)} - {'parent', 'name', 'dtype', 'remat'}
+  return {f.name for f in dataclasses.fields(module)} - {'parent', 'name'} - MODEL_WIDE
 
 
 def _check_keys(prefix: str, section: Mapping, known: Mapping[str, bool] | Iterable[str]) -> None:
@@ -105,7 +110,16 @@ def check(config: Mapping[str, Any]) -> None:
     profiling.check_steps(config.get('profile_steps'))
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  _check_keys('config.model', config['model'], _module_fields(GroupViT) | {'remat', 'dtype'})
+  _check_keys('config.model', config['model'], _module_fields(GroupViT) | MODEL_WIDE)
+  if config['model'].get('attention', 'auto') not in layers.ATTENTION_CHOICES:
+    raise ConfigError(
+      f'config.model.attention is {config["model"]["attention"]!r}; expected one of '
+      f'{", ".join(layers.ATTENTION_CHOICES)}'
+    )
+  try:
+    layers.remat_policy(config['model'].get('remat', 'none'))
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
   _check_keys('config.model.vision', config['model'].get('vision', {}), _module_fields(VisionTower))
   _check_keys('config.model.text', config['model'].get('text', {}), _module_fields(TextTower))
   _check_keys('config.optimizer', config['optimizer'], OPTIMIZER)
