@@ -138,6 +138,9 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
   config.profile_steps = ()
+  # Cut each batch's texts to its longest caption, rounded up to this multiple (0: never): the
+  # same losses and gradients, one compile of the step per length (training/text_trim.py).
+  config.text_length_multiple = 16
   config.evals = zero_shot_evals(eval_data_dir) if eval_data_dir else {}
   config.eval_every_epochs = 1.0
   config.eval_every_steps = config_dict.placeholder(int)  # 0: at the end only

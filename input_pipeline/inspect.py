@@ -1,15 +1,19 @@
 """Check webdataset shards before training on them: speed, damage, captions and token lengths.
 
   python -m input_pipeline.inspect --shards '/data/cc3m/{00000..00331}.tar' \\
-      [--batches 20] [--batch_size 64] [--workers 0] [--json report.json]
+      [--batches 20] [--batch_size 64] [--workers 0] [--text_length_multiple 16] \\
+      [--json report.json]
 
 Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's transform) for
 `--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
 its workers used; both after the first batch, which includes start-up), the samples skipped by
-reason, a few captions with the words and prompts made from them, and caption token-length
-statistics. `--json` writes the same as one object (to a path or a gs:// URL). A sample that
-fails in any other way is dropped and counted as `transform_error` (its traceback logged once),
-as in training. Shards may be gs:// URLs too.
+reason, a few captions with the words and prompts made from them, caption token-length
+statistics, and the lengths the trainer would cut the texts to (`config.text_length_multiple`):
+per caption, and per batch of `--batch_size`, as the trainer cuts each global batch to its
+longest text (give the global batch size to see what a run gets). `--json` writes the same as
+one object (to a path or a gs:// URL). A sample that fails in any other way is dropped and
+counted as `transform_error` (its traceback logged once), as in training. Shards may be gs://
+URLs too.
 """
 
 import argparse
@@ -71,6 +75,19 @@ def token_length_stats(tokens: np.ndarray) -> dict:
   }
 
 
+def length_buckets(lengths: np.ndarray, multiple: int, context_length: int) -> dict[str, int]:
+  """How many `lengths` (in tokens) fall on each length the trainer cuts texts to with
+  config.text_length_multiple = `multiple`: rounded up to it, at most the context length (as
+  groupvit_jax/training/text_trim.py's bucket_length), keyed by that length."""
+  lengths = np.asarray(lengths)
+  if multiple > 0:
+    lengths = np.minimum(-(-lengths // multiple) * multiple, context_length)
+  else:
+    lengths = np.full_like(lengths, context_length)
+  values, counts = np.unique(lengths, return_counts=True)
+  return {str(v): int(c) for v, c in zip(values, counts)}
+
+
 def inspect(
   patterns,
   batches: int = 20,
@@ -78,6 +95,7 @@ def inspect(
   seed: int = 0,
   config: 'web_pipeline.PipelineConfig | None' = None,
   log=print,
+  text_length_multiple: int = 16,
 ) -> dict:
   """Runs the pipeline over the shards `patterns` name and returns the report (see --json);
   `config` None: the released recipe's."""
@@ -94,7 +112,7 @@ def inspect(
   iterator = web_pipeline.WebDatasetIterator(
     web_pipeline.build(paths, batch_size, seed, config, num_epochs=1)
   )
-  samples, caption_tokens = 0, []
+  samples, caption_tokens, batch_lengths = 0, [], []
   # Rates leave out the first batch, which also loads the tagger and tokenizer and starts the
   # workers; `seconds` counts everything.
   cpu_at_start, start = _cpu_seconds(), time.time()
@@ -108,6 +126,8 @@ def inspect(
         break
       samples += len(batch['image'])
       caption_tokens.append(batch['text'][:, 0])
+      # The batch's longest text, caption or prompt: EOT (the largest id) ends each.
+      batch_lengths.append(int(np.argmax(batch['text'], axis=-1).max()) + 1)
       if warm is None:
         warm = (time.time(), _cpu_seconds(), samples)
       elapsed = time.time() - start
@@ -124,6 +144,7 @@ def inspect(
   counters = iterator.counters()
   report = {
     'shards': len(paths),
+    'batch_size': batch_size,
     'missing_shards': len(absent),
     'samples': samples,
     'skipped': counters['skipped'],
@@ -133,8 +154,16 @@ def inspect(
     'cpu_seconds': cpu,
     'samples_per_second_per_core': timed / cpu,
     'token_length': token_length_stats(np.concatenate(caption_tokens)) if caption_tokens else {},
+    'text_length_multiple': text_length_multiple,
+    'caption_cut_lengths': {},  # per caption: the lengths it would be cut to, and how many
+    'batch_cut_lengths': {},  # per batch of batch_size (captions and prompts)
     'examples': caption_examples(paths, 5, seed, config.num_prompts),
   }
+  if caption_tokens:
+    context = config.context_length
+    captions = np.count_nonzero(np.concatenate(caption_tokens), axis=1)
+    report['caption_cut_lengths'] = length_buckets(captions, text_length_multiple, context)
+    report['batch_cut_lengths'] = length_buckets(batch_lengths, text_length_multiple, context)
   return report
 
 
@@ -149,6 +178,11 @@ def _print_report(report: dict) -> None:
   )
   if report['token_length']:
     print('caption tokens:', {k: round(v, 2) for k, v in report['token_length'].items()})
+    print(
+      f'texts cut to a multiple of {report["text_length_multiple"]} tokens: captions '
+      f'{report["caption_cut_lengths"]}; batches of {report["batch_size"]} (the trainer cuts '
+      f'each global batch to its longest text) {report["batch_cut_lengths"]}'
+    )
   for example in report['examples']:
     print(f'- {example["caption"]!r}\n  nouns {example["nouns"]}; prompts {example["prompts"]}')
 
@@ -163,6 +197,12 @@ def main(argv=None) -> int:
   parser.add_argument('--workers', type=int, default=0, help='decoding processes (0: this one)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--no_deit', action='store_true', help='crop and flip only')
+  parser.add_argument(
+    '--text_length_multiple',
+    type=int,
+    default=16,
+    help="the lengths texts are cut to, as the config key (the released configs' 16)",
+  )
   parser.add_argument('--json', help='write the report here')
   args = parser.parse_args(argv)
   from input_pipeline import web_pipeline  # pylint: disable=g-import-not-at-top
@@ -179,6 +219,7 @@ def main(argv=None) -> int:
       args.seed,
       config,
       log=lambda line: print(line, file=sys.stderr),
+      text_length_multiple=args.text_length_multiple,
     )
   except (FileNotFoundError, ValueError, failures.DataError) as error:
     print(f'error: {error}', file=sys.stderr)

@@ -45,11 +45,13 @@ def test_interrupted_runs_log_the_same_losses_as_an_uninterrupted_one(tmp_path):
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
   )
   reference = str(tmp_path / 'reference')
-  common = (f'--config={CONFIG_FILE}', '--config.mesh.fsdp=2')
+  # 24 steps, a checkpoint every 3: however far run 1 gets past step 4 before it stops (the
+  # loop queues steps ahead), run 2 still has a checkpoint of its own to write.
+  common = (f'--config={CONFIG_FILE}', '--config.mesh.fsdp=2', '--config.total_steps=24')
   result = cli.run('groupvit_jax.main', *common, f'--workdir={reference}', **env)
   assert result.returncode == 0, result.stderr[-3000:]
   expected = train_rows(reference)
-  assert sorted(expected) == list(range(1, 9))
+  assert sorted(expected) == list(range(1, 25))
 
   workdir = str(tmp_path / 'interrupted')
   args = (*common, f'--workdir={workdir}')
@@ -70,15 +72,17 @@ def test_interrupted_runs_log_the_same_losses_as_an_uninterrupted_one(tmp_path):
 
   # 2. Resume, then kill -9 once a later checkpoint is complete and a step beyond it logged.
   run = cli.start('groupvit_jax.main', *args, log_path=str(tmp_path / 'run2.log'), **env)
-  wait_for(lambda: checkpoint_steps(workdir)[-1] >= 6 and max(train_rows(workdir)) >= 7, run)
+  own = (stopped_at // 3 + 1) * 3  # run 2's first checkpoint
+  wait_for(lambda: checkpoint_steps(workdir)[-1] >= own and max(train_rows(workdir)) > own, run)
   run.kill()
   run.wait()
-  assert 'resumed from the checkpoint at step' in open(tmp_path / 'run2.log').read()
+  assert f'resumed from the checkpoint at step {stopped_at}' in open(tmp_path / 'run2.log').read()
+  last_checkpoint = checkpoint_steps(workdir)[-1]
 
   # 3. Resume from the last complete checkpoint and finish.
   result = cli.run('groupvit_jax.main', *args, **env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'resumed from the checkpoint at step 6' in result.stderr
+  assert f'resumed from the checkpoint at step {last_checkpoint}' in result.stderr
   got = train_rows(workdir)
   assert sorted(got) == sorted(expected)  # steps re-run after kill -9 are logged once
   for step, row in expected.items():

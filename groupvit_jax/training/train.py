@@ -8,6 +8,7 @@ path) is drawn for the global batch from a key folded with the step number, so a
 depend on the mesh it runs on.
 """
 
+import collections
 import functools
 import signal
 import threading
@@ -36,6 +37,7 @@ from groupvit_jax.training import (
   metric_writers,
   profiling,
   sharding,
+  text_trim,
   train_checkpoints,
 )
 from groupvit_jax.training import optimizer as optimizers
@@ -196,6 +198,73 @@ def _data_counters(data) -> dict[str, int]:
   return {k: int(v) for k, v in common.process_sum(counts).items()}
 
 
+# How many steps the loop dispatches ahead of the devices: before fetching batch s + 1 it waits
+# for step s - _STEPS_AHEAD to finish, so that few batches wait on the devices, while the
+# devices always have the next step queued.
+_STEPS_AHEAD = 2
+
+
+def _fresh_tally() -> dict:
+  return {
+    'steps': jnp.zeros((), jnp.int32),  # steps counted since the last check
+    'nonfinite': jnp.zeros((), jnp.int32),  # of which non-finite
+    'first': jnp.full((), -1, jnp.int32),  # the first non-finite one, counted from 0
+    'loss': jnp.zeros((), jnp.float32),  # its loss and gradient norm
+    'grad_norm': jnp.zeros((), jnp.float32),
+  }
+
+
+def _count_step(tally: dict, loss: jax.Array, grad_norm: jax.Array) -> dict:
+  bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+  first = bad & (tally['nonfinite'] == 0)
+  return {
+    'steps': tally['steps'] + 1,
+    'nonfinite': tally['nonfinite'] + bad.astype(jnp.int32),
+    'first': jnp.where(first, tally['steps'], tally['first']),
+    'loss': jnp.where(first, loss, tally['loss']).astype(jnp.float32),
+    'grad_norm': jnp.where(first, grad_norm, tally['grad_norm']).astype(jnp.float32),
+  }
+
+
+class _NonFiniteSteps:
+  """Counts on the devices the steps whose loss or gradient norm is NaN or Inf, so that the
+  loop reads them only where it waits for a step anyway (log, checkpoint and evaluation steps,
+  preemption). A small jitted function of its own, dispatched after each step, keeps the count:
+  neither the train step nor the TrainState (and so no checkpoint) changes."""
+
+  def __init__(self, mesh: Mesh):
+    replicated = sharding.replicated(mesh)
+    self._fresh = jax.jit(_fresh_tally, out_shardings=replicated)
+    self._count = jax.jit(_count_step, out_shardings=replicated)
+    self.tally = self._fresh()
+
+  def count(self, metrics: dict) -> None:
+    self.tally = self._count(self.tally, metrics['loss'], metrics['grad_norm'])
+
+  def restart(self) -> None:
+    self.tally = self._fresh()
+
+
+def _stop_if_nonfinite(tally: dict, step: int, metrics: dict, writer, manager, workdir) -> None:
+  """Raises FloatingPointError if a step counted in `tally` (the host copy of the steps up to
+  `step`) was not finite, after logging `metrics`, this step's."""
+  if not tally['nonfinite']:
+    return
+  checked = step - int(tally['steps'])  # the step of the previous check
+  first = checked + int(tally['first']) + 1
+  span = ''
+  if step - checked > 1:
+    span = f' ({int(tally["nonfinite"])} of the steps {checked + 1}-{step}, read at step {step})'
+  writer.write_scalars(step, metrics)
+  manager.wait_until_finished()
+  raise FloatingPointError(
+    f'non-finite loss {tally["loss"]} or gradient norm {tally["grad_norm"]} at step {first}'
+    f'{span}: such a step leaves the weights as they were, and the run stops. The last good '
+    f'checkpoint (step {manager.latest_step()}) is in {workdir}/checkpoints; lower optimizer.lr '
+    'or raise optimizer.warmup_epochs (or warmup_steps) and rerun to resume from it.'
+  )
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     text = config.to_json_best_effort(indent=2, sort_keys=True) + '\n'
@@ -320,25 +389,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log_time, log_step = time.time(), step
   logged_counters = _data_counters(data)
   metrics = {}
+  trim = text_trim.TextTrimmer(config.get('text_length_multiple', 0))
+  nonfinite = _NonFiniteSteps(mesh)
+  in_flight = collections.deque()  # the metrics of steps dispatched and not yet waited for
   try:
     while step < total:
-      batch = jax.make_array_from_process_local_data(batch_sharding, _next_batch(data, manager))
+      local_batch = trim(_next_batch(data, manager), step)
+      batch = jax.make_array_from_process_local_data(batch_sharding, local_batch)
       trace.before_step(step + 1)
       state, step_metrics = train_step(state, batch)
       step += 1
       trace.after_step(step, step_metrics)
-      # Reading the metrics waits for this step; the data thread makes the next batches.
-      metrics = jax.device_get(step_metrics)
-      if not (np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])):
-        writer.write_scalars(step, metrics)
-        manager.wait_until_finished()
-        raise FloatingPointError(
-          f'non-finite loss {metrics["loss"]} or gradient norm {metrics["grad_norm"]} at step '
-          f'{step}: the run stops without updating the weights. The last good checkpoint '
-          f'(step {manager.latest_step()}) is in {workdir}/checkpoints; lower optimizer.lr or '
-          'raise optimizer.warmup_epochs (or warmup_steps) and rerun to resume from it.'
-        )
-      if step % config.log_every_steps == 0 or step == total:
+      nonfinite.count(step_metrics)
+      # Nothing here waits for this step: the host fetches the next batch while the devices
+      # run it. Only steps _STEPS_AHEAD back are waited for, which bounds the batches queued.
+      in_flight.append(step_metrics)
+      if len(in_flight) > _STEPS_AHEAD:
+        jax.block_until_ready(in_flight.popleft())
+      log = step % config.log_every_steps == 0 or step == total
+      save = step % config.checkpoint_every_steps == 0 or step == total
+      evaluation = bool(run.eval_every) and step % run.eval_every == 0 and step < total
+      preempted = preemption.reached(manager, step)
+      if log or save or evaluation or preempted:
+        # Each of these waits for the step anyway. A NaN or Inf step since the last of them
+        # stops the run here, before anything later is logged, saved or evaluated.
+        in_flight.clear()
+        metrics, tally = jax.device_get((step_metrics, nonfinite.tally))
+        _stop_if_nonfinite(tally, step, metrics, writer, manager, workdir)
+        nonfinite.restart()
+      if log:
         seconds_per_step = (time.time() - log_time) / (step - log_step)
         metrics['samples_per_second'] = config.batch_size / seconds_per_step
         counters = _data_counters(data)
@@ -353,14 +432,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if new_skips:
           logging.warning('skipped damaged samples since step %d: %s', log_step, new_skips)
         log_time, log_step, logged_counters = time.time(), step, counters
-      if step % config.checkpoint_every_steps == 0 or step == total:
+      if save:
         writer.flush()  # the metrics up to a checkpoint are written before it
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
-      if run.eval_every and step % run.eval_every == 0 and step < total:
+      if evaluation:
         evaluate(state, step, writer, workdir, pictures=False)
         log_time, log_step = time.time(), step  # evaluation time is not training time
-      if preemption.reached(manager, step):
+      if preempted:
         if last_saved != step:
           train_checkpoints.save(manager, state, data.get_state())
         manager.wait_until_finished()
