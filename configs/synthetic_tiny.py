@@ -87,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # (first, last): a profiler trace of those steps in WORKDIR/tensorboard; () for none.
   config.profile_steps = ()
+  # Embed the global batch in this many pieces: the same losses and gradients with a
+  # piece's activations in memory (training/grad_cache.py), for the released batch on few chips.
+  config.contrastive_chunks = 1
   # Cut each batch's texts to its longest caption, rounded up to this multiple (0: never): the
   # same losses and gradients, one compile of the step per length (training/text_trim.py).
   config.text_length_multiple = 16

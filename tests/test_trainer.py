@@ -101,8 +101,8 @@ def test_interrupted_runs_log_the_same_losses_as_an_uninterrupted_one(tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   original = train.loss_and_grads
 
-  def nan_from_step_5(model, mesh, state, batch):
-    metrics, batch_stats, grads = original(model, mesh, state, batch)
+  def nan_from_step_5(model, mesh, state, batch, *chunks):
+    metrics, batch_stats, grads = original(model, mesh, state, batch, *chunks)
     poisoned = jax.numpy.where(state.step >= 4, jax.numpy.nan, metrics['loss'])
     return dict(metrics, loss=poisoned), batch_stats, grads
 

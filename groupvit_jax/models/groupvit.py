@@ -111,12 +111,29 @@ class GroupViT(nn.Module):
   def embed_for_training(self, images: jax.Array, tokens: jax.Array):
     """The training forward: images [B, H, W, 3] and, per image, T texts [B, T, L].
 
-    Returns (image embeddings [B, E], text embeddings [B, T, E], (scale, multi-label scale)).
-    The text projector's BatchNorm sees all B * T texts, as in the released code.
+    Returns (image embeddings [B, E], text embeddings [B, T, E], (scale, multi-label scale)):
+    project_for_training of the two backbones' features.
     """
-    image = self.encode_image(images, train=True).embedding
+    return self.project_for_training(self.image_backbone(images), self.text_backbone(tokens))
+
+  def image_backbone(self, images: jax.Array) -> jax.Array:
+    """Training image features before projection: images [B, H, W, 3] -> pooled [B, width],
+    with Gumbel noise (rng 'gumbel') and drop path (rng 'dropout')."""
+    return self.img_encoder(images, deterministic=False).pooled
+
+  def text_backbone(self, tokens: jax.Array) -> jax.Array:
+    """Training text features before projection: T texts per image [B, T, L] -> [B, T, width]."""
     b, t, length = tokens.shape
-    text = self.encode_text(tokens.reshape(b * t, length), train=True)  # [B * T, E]
+    return self.text_encoder(tokens.reshape(b * t, length), False).reshape(b, t, -1)
+
+  def project_for_training(self, image: jax.Array, text: jax.Array):
+    """The projection heads and temperatures on backbone features (image [B, Dv], text
+    [B, T, Dt]) -> (image embeddings [B, E], text embeddings [B, T, E], (scale, multi-label
+    scale)). BatchNorm statistics are over all rows given: the B images, and all B * T texts
+    as in the released code."""
+    b, t, width = text.shape
+    image = l2_normalize(self.img_projector(image, True))
+    text = l2_normalize(self.text_projector(text.reshape(b * t, width), True))  # [B * T, E]
     return image, text.reshape(b, t, -1), self.temperatures()
 
   def temperatures(self) -> tuple[jax.Array, jax.Array]:

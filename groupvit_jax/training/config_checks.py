@@ -38,6 +38,7 @@ TOP_LEVEL = {
   'keep_checkpoints': False,
   'evals': False,
   'profile_steps': False,  # (first, last) steps to trace; training/profiling.py
+  'contrastive_chunks': False,  # embed the batch in pieces; training/grad_cache.py
   'text_length_multiple': False,  # cut texts to the batch's length; training/text_trim.py
 }
 OPTIMIZER = {
@@ -66,6 +67,7 @@ POSITIVE_INTS = {
   'eval_every_steps': 0,  # 0: evaluate at the end only
   'optimizer.warmup_steps': 0,
   'optimizer.grad_accum_steps': 1,
+  'contrastive_chunks': 1,
   'text_length_multiple': 0,  # 0: the full context length
 }
 DERIVED_WHEN_NONE = ('total_steps', 'eval_every_steps', 'optimizer.warmup_steps')

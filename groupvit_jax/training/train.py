@@ -4,8 +4,8 @@ The step is one jit-compiled function over global arrays laid out on the mesh (s
 sharding.py). The towers run as ordinary global computations, so the projection heads'
 BatchNorm statistics are over the global batch; the losses run under shard_map, where each
 device scores its own rows against all-gathered embeddings. Randomness (Gumbel noise, drop
-path) is drawn for the global batch from a key folded with the step number, so a run does not
-depend on the mesh it runs on.
+path) is drawn per image from a key folded with the step number and the image's row in the
+global batch, so a run depends neither on the mesh it runs on nor on contrastive_chunks.
 """
 
 import collections
@@ -33,6 +33,7 @@ from groupvit_jax.inference import GroupViTInference
 from groupvit_jax.models.groupvit import GroupViT
 from groupvit_jax.training import (
   config_checks,
+  grad_cache,
   losses,
   metric_writers,
   profiling,
@@ -72,13 +73,22 @@ def create_train_state(
   )
 
 
-def loss_and_grads(model: GroupViT, mesh: Mesh, state: TrainState, batch: dict):
+def loss_and_grads(
+  model: GroupViT, mesh: Mesh, state: TrainState, batch: dict, contrastive_chunks: int = 1
+):
   """Losses, metrics, new BatchNorm statistics and gradients for one global batch.
 
   batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts.
+  With `contrastive_chunks` > 1 the towers run on that many pieces of the batch at a time
+  (grad_cache.py): the same losses and gradients, with one piece's activations in memory.
+  Gumbel noise and drop path are drawn per image, from a key folded with the image's row in
+  the global batch, so they do not depend on the chunking.
   """
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  gumbel_rng, dropout_rng = jax.random.split(step_rng)
+  rows = jnp.arange(batch['image'].shape[0])
+  row_keys = jax.vmap(jax.random.fold_in, (None, 0))(step_rng, rows)  # [B] keys
+  row_keys = jax.lax.with_sharding_constraint(row_keys, sharding.batch_sharding(mesh))
+  inputs = {'image': batch['image'], 'text': batch['text'], 'key': row_keys}
   contrastive = jax.shard_map(
     functools.partial(losses.contrastive_losses, axis_name=sharding.BATCH_AXES),
     mesh=mesh,
@@ -86,20 +96,39 @@ def loss_and_grads(model: GroupViT, mesh: Mesh, state: TrainState, batch: dict):
     out_specs=P(),
   )
 
-  def loss_fn(params):
+  def features(params, rows):
+    def one_image(image, key):  # [H, W, 3] -> [Dv], with this image's own random draws
+      gumbel, dropout = jax.random.split(key)
+      return model.apply(
+        {'params': params},
+        normalize_images(image[None]),
+        rngs={'gumbel': gumbel, 'dropout': dropout},
+        method=GroupViT.image_backbone,
+      )[0]
+
+    image = jax.vmap(one_image)(rows['image'], rows['key'])  # [B, Dv]
+    text = model.apply({'params': params}, rows['text'], method=GroupViT.text_backbone)
+    return image, text  # [B, Dv], [B, 1 + K, Dt]
+
+  def head(params, feats):
     (image, text, (scale, multi_label_scale)), updates = model.apply(
       {'params': params, 'batch_stats': state.batch_stats},
-      normalize_images(batch['image']),
-      batch['text'],
-      rngs={'gumbel': gumbel_rng, 'dropout': dropout_rng},
+      *feats,
       mutable=['batch_stats'],
-      method=GroupViT.embed_for_training,
+      method=GroupViT.project_for_training,
     )
     metrics = contrastive(image, text[:, 0], text[:, 1:], scale, multi_label_scale)
     metrics = dict(metrics, logit_scale=scale, multi_label_logit_scale=multi_label_scale)
     return metrics['loss'], (metrics, updates['batch_stats'])
 
-  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if contrastive_chunks == 1:
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(
+      lambda params: head(params, features(params, inputs)), has_aux=True
+    )(state.params)
+  else:
+    (_, (metrics, batch_stats)), grads = grad_cache.loss_and_grads(
+      features, head, state.params, inputs, contrastive_chunks, mesh
+    )
   return metrics, batch_stats, grads
 
 
@@ -110,15 +139,17 @@ def make_train_step(
   mesh: Mesh,
   state_shardings: Any,
   grad_accum_steps: int = 1,
+  contrastive_chunks: int = 1,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """The jitted step: (state, batch) -> (next state, metrics). The old state is donated.
 
   `state.step` counts batches; with gradient accumulation the optimizer (optax.MultiSteps)
   updates every `grad_accum_steps` of them, and the schedule advances with those updates.
+  `contrastive_chunks` > 1 embeds the batch in that many pieces (see loss_and_grads).
   """
 
   def train_step(state: TrainState, batch: dict):
-    metrics, batch_stats, grads = loss_and_grads(model, mesh, state, batch)
+    metrics, batch_stats, grads = loss_and_grads(model, mesh, state, batch, contrastive_chunks)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)
     metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step // grad_accum_steps))
@@ -331,6 +362,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
+    chunks = config.get('contrastive_chunks', 1)
+    if config.batch_size % (mesh.size * chunks):
+      raise ValueError(
+        f'batch_size {config.batch_size} does not split into contrastive_chunks {chunks} of '
+        f'equal rows on each of the {mesh.size} devices; use a multiple of {mesh.size * chunks}'
+      )
     # Warm-up and length in optimizer updates, the rates scaled with the batch if so
     # configured; built (and so checked) before anything is written.
     schedule = optimizers.schedule_from_config(
@@ -369,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state.step)
   writer = metric_writers.create_writer(workdir, resume_step=step)
   evaluate = PeriodicEvaluation(evaluators.create(config.get('evals', {})), model_config)
-  train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum)
+  train_step = make_train_step(model, optimizer, schedule, mesh, shardings, accum, chunks)
   batch_sharding = sharding.batch_sharding(mesh)
   total = run.total
   logging.info(
