@@ -77,14 +77,9 @@ def token_length_stats(tokens: np.ndarray) -> dict:
 
 def length_buckets(lengths: np.ndarray, multiple: int, context_length: int) -> dict[str, int]:
   """How many `lengths` (in tokens) fall on each length the trainer cuts texts to with
-  config.text_length_multiple = `multiple`: rounded up to it, at most the context length (as
-  groupvit_jax/training/text_trim.py's bucket_length), keyed by that length."""
-  lengths = np.asarray(lengths)
-  if multiple > 0:
-    lengths = np.minimum(-(-lengths // multiple) * multiple, context_length)
-  else:
-    lengths = np.full_like(lengths, context_length)
-  values, counts = np.unique(lengths, return_counts=True)
+  config.text_length_multiple = `multiple` (text.bucket_length), keyed by that length."""
+  cut = [text.bucket_length(int(n), multiple, context_length) for n in lengths]
+  values, counts = np.unique(np.asarray(cut, np.int64), return_counts=True)
   return {str(v): int(c) for v, c in zip(values, counts)}
 
 
@@ -127,7 +122,7 @@ def inspect(
       samples += len(batch['image'])
       caption_tokens.append(batch['text'][:, 0])
       # The batch's longest text, caption or prompt: EOT (the largest id) ends each.
-      batch_lengths.append(int(np.argmax(batch['text'], axis=-1).max()) + 1)
+      batch_lengths.append(text.text_length(batch['text']))
       if warm is None:
         warm = (time.time(), _cpu_seconds(), samples)
       elapsed = time.time() - start

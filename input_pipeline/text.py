@@ -6,6 +6,9 @@ fills the missing slots with the caption itself, as NVlabs' WordAugTokenizeWrapp
 
   texts = prompted_texts('a red circle', ('circle',), np.random.default_rng(0))
   tokens = tokenize_batch(captions, nouns, rng)  # int32 [B, 1 + k, 77]
+
+text_length and bucket_length give the lengths token rows are cut to (the trainer's
+config.text_length_multiple, training/text_trim.py; inspect reports them).
 """
 
 from typing import Sequence
@@ -45,3 +48,16 @@ def tokenize_batch(
     raise ValueError(f'{len(captions)} captions but {len(nouns)} noun lists')
   texts = [t for caption, n in zip(captions, nouns) for t in prompted_texts(caption, n, rng, k)]
   return tokenize(texts, context_length).reshape(len(captions), 1 + k, context_length)
+
+
+def text_length(tokens: np.ndarray) -> int:
+  """The end of the longest text in int token rows [..., L]: 1 + the last EOT position (each
+  row's argmax, EOT being the largest id; rows are zero padded after it)."""
+  return int(np.argmax(tokens, axis=-1).max()) + 1
+
+
+def bucket_length(length: int, multiple: int, context_length: int) -> int:
+  """`length` rounded up to a multiple of `multiple`, at most `context_length`; 0: no cut."""
+  if multiple <= 0:
+    return context_length
+  return min(-(-length // multiple) * multiple, context_length)

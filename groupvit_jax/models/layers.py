@@ -74,6 +74,14 @@ def default_platform() -> str:
   return backend
 
 
+def check_attention(setting: str) -> None:
+  """ValueError unless `setting` is one of ATTENTION_CHOICES."""
+  if setting not in ATTENTION_CHOICES:
+    raise ValueError(
+      f'config.model.attention is {setting!r}; expected one of {", ".join(ATTENTION_CHOICES)}'
+    )
+
+
 def attention_implementation(
   setting: str, dtype, head_dim: int, platform: Optional[str] = None
 ) -> Optional[str]:
@@ -84,10 +92,7 @@ def attention_implementation(
   qualify (bfloat16/float16, head_dim a multiple of 8 and at most CUDNN_MAX_HEAD_DIM), else
   None. The one place the attention kernel is chosen.
   """
-  if setting not in ATTENTION_CHOICES:
-    raise ValueError(
-      f'config.model.attention is {setting!r}; expected one of {", ".join(ATTENTION_CHOICES)}'
-    )
+  check_attention(setting)
   if setting == 'xla':
     return None
   platform = default_platform() if platform is None else platform

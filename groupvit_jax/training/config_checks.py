@@ -115,12 +115,8 @@ def check(config: Mapping[str, Any]) -> None:
   except ValueError as error:
     raise ConfigError(str(error)) from None
   _check_keys('config.model', config['model'], _module_fields(GroupViT) | MODEL_WIDE)
-  if config['model'].get('attention', 'auto') not in layers.ATTENTION_CHOICES:
-    raise ConfigError(
-      f'config.model.attention is {config["model"]["attention"]!r}; expected one of '
-      f'{", ".join(layers.ATTENTION_CHOICES)}'
-    )
   try:
+    layers.check_attention(config['model'].get('attention', 'auto'))
     layers.remat_policy(config['model'].get('remat', 'none'))
   except ValueError as error:
     raise ConfigError(str(error)) from None

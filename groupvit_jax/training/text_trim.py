@@ -10,26 +10,14 @@ multiple 16 and context 77 the lengths are 16, 32, 48, 64 and 77, at most 5 comp
 """
 
 import jax
-import numpy as np
 from absl import logging
+
+from input_pipeline.text import bucket_length, text_length
 
 # How long a process waits for the others' lengths of the same step (they arrive within a step
 # unless a process is stuck, which jax.distributed's heartbeat reports sooner).
 _TIMEOUT_MS = 30 * 60 * 1000
 _KEY_PREFIX = 'groupvit_jax/text_length'
-
-
-def text_length(tokens: np.ndarray) -> int:
-  """The end of the longest text in int token rows [..., L]: 1 + the last EOT position (each
-  row's argmax, EOT being the largest id; rows are zero padded after it)."""
-  return int(np.argmax(tokens, axis=-1).max()) + 1
-
-
-def bucket_length(length: int, multiple: int, context_length: int) -> int:
-  """`length` rounded up to a multiple of `multiple`, at most `context_length`; 0: no cut."""
-  if multiple <= 0:
-    return context_length
-  return min(-(-length // multiple) * multiple, context_length)
 
 
 def bucket_lengths(multiple: int, context_length: int) -> list[int]:
