@@ -137,13 +137,15 @@ def test_two_processes_train_as_one_survive_kill_9_and_save_one_step_on_sigterm(
   # One metrics file, each step once, losses as the one-process run's. At step 1 (the same
   # weights) they differ only by the order of float32 sums (~1e-6); Adam's first updates,
   # lr x sign(gradient) for gradients that are rounding noise (zero-initialised biases), then
-  # carry the difference to ~1e-4 by step 8 (measured: loss 9e-5, grad_norm 5e-4).
+  # carry the difference on, by how much depends on the run's Gumbel draws: measured 9e-5 in
+  # loss by step 8 with the batch-wide draws of old, 1.3e-3 with per-image draws, whose run
+  # differs by 5.6e-4 already between 8 and 4 devices of ONE process (step 7).
   rows = [row for row in cli.read_metrics(workdir) if 'loss' in row]
   assert [row['step'] for row in rows] == list(range(1, 9))
   for row in rows:
     first = row['step'] == 1
     for key in DETERMINISTIC_KEYS:
-      rtol = (2e-5 if first else 5e-3) if key == 'grad_norm' else (5e-6 if first else 1e-3)
+      rtol = (2e-5 if first else 5e-3) if key == 'grad_norm' else (5e-6 if first else 5e-3)
       np.testing.assert_allclose(row[key], expected[row['step']][key], rtol=rtol, err_msg=key)
   # The evaluation at the end, its scenes split over the two processes, scores alike.
   final = cli.read_metrics(workdir)[-1]
