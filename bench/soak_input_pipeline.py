@@ -88,11 +88,11 @@ def soak(
   seed: int = 0,
   log=print,
 ) -> dict:
-  """One epoch of `paths` through the pipeline with the DeiT set: delivered samples, skips by
-  reason, samples/s and samples per CPU-second."""
-  config = web_pipeline.PipelineConfig(
-    transform=image_transforms.TransformConfig(image_size=image_size), workers=workers
-  )
+  """One epoch of `paths` through the pipeline with the DeiT set applied on the host (so that
+  every op meets every image; training applies the same draws on the device): delivered
+  samples, skips by reason, samples/s and samples per CPU-second."""
+  transform = image_transforms.TransformConfig(image_size=image_size, augment_on_device=False)
+  config = web_pipeline.PipelineConfig(transform=transform, workers=workers)
   iterator = web_pipeline.WebDatasetIterator(
     web_pipeline.build(paths, batch_size, seed, config, num_epochs=1)
   )

@@ -128,6 +128,9 @@ def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
       randaugment=True,
       random_erasing=0.25,
       colour_jitter=0.0,
+      # Flip, RandAugment and erasing are drawn on the host and applied in the train step,
+      # a third of the host's work per image (input_pipeline/device_augment.py).
+      augment_on_device=True,
       shuffle_buffer=10_000,  # samples, per process
       cycle_length=4,  # shards read at once, per worker
       workers=WORKERS,

@@ -1,7 +1,7 @@
-"""Image decoding and the released recipe's train transform, on the host with Pillow.
+"""Image decoding and the released recipe's train transform, on the host.
 
   image = decode(data)                      # PIL RGB, or DamagedImage(reason)
-  pixels = train_transform(data, rng, cfg)  # uint8 [224, 224, 3]
+  out = train_transform(data, rng, cfg)     # {'image': uint8 [224, 224, 3], 'augment': ...}
 
 The transform is timm's `create_transform` as GroupViT calls it, re-implemented on Pillow:
 RandomResizedCrop 224 (scale (0.08, 1), ratio (3/4, 4/3), bilinear), horizontal flip p 0.5 and
@@ -10,6 +10,12 @@ timm applies colour jitter only when no RandAugment is given, so the released ru
 without it; `TransformConfig.colour_jitter` turns it on explicitly. ImageNet normalisation
 happens on the device (groupvit_jax.image_ops); random erasing therefore paints the uint8
 pixels that normalise to N(0, 1) noise, as timm's erasing does after normalisation.
+
+Where the work is done. The host decodes and crops; flip, RandAugment and erasing are drawn on
+the host (`augment_params`, a few numbers per image) and, with `augment_on_device` (the
+default), applied to the batch in the train step by input_pipeline/device_augment.py, which
+gives the pixels `augment_on_host` gives from the same draws (the erasing noise aside: the
+same distribution, another generator). Without it the host applies them and 'augment' is absent.
 
 Speed: the crop box is drawn from the header's size before decoding, so a JPEG decodes at the
 smallest DCT scale (1/2, 1/4, 1/8) that still gives the crop 224 pixels (`Image.draft`), and
@@ -24,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from groupvit_jax.image_ops import IMAGENET_MEAN, IMAGENET_STD
-from input_pipeline.randaugment import randaugment
+from input_pipeline import randaugment
 
 
 class DamagedImage(Exception):
@@ -45,8 +51,15 @@ class TransformConfig:
   random_erasing: float = 0.25
   colour_jitter: float = 0.0  # brightness, contrast and saturation; timm's 0.4 is off with RA
   dct_scaling: bool = True  # decode JPEGs at a reduced DCT scale when the crop allows
+  augment_on_device: bool = True  # flip, RandAugment and erasing applied in the train step
   # Images with more pixels are skipped as 'image_too_large' before they are decoded.
   max_pixels: int = 8192 * 8192
+
+  def __post_init__(self):
+    if self.colour_jitter and self.augment_on_device:
+      raise ValueError(
+        'colour_jitter runs on the host only: set config.data.augment_on_device=False with it'
+      )
 
 
 def open_image(data: bytes | None, max_pixels: int = TransformConfig.max_pixels) -> Image.Image:
@@ -140,6 +153,14 @@ def crop_resize(image: Image.Image, box, size: int, dct_scaling: bool = True) ->
   )
 
 
+def crop(data: bytes | None, rng: np.random.Generator, config: 'TransformConfig') -> Image.Image:
+  """Encoded image -> its RandomResizedCrop, config.image_size square (PIL RGB), or
+  DamagedImage."""
+  image = open_image(data, config.max_pixels)
+  box = random_resized_crop_box(*image.size, rng, config.min_scale)
+  return crop_resize(image, box, config.image_size, config.dct_scaling)
+
+
 def colour_jitter(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
   """Brightness, contrast and saturation, each by a factor in [1 - s, 1 + s], in random order."""
   enhancers = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
@@ -148,11 +169,10 @@ def colour_jitter(image: Image.Image, strength: float, rng: np.random.Generator)
   return image
 
 
-def random_erasing(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """timm's RandomErasing(mode='pixel', count 1) on uint8 [H, W, 3], in place: a box of 2% to
-  1/3 of the area, log-uniform aspect in [0.3, 1/0.3], filled with pixels that normalise to
-  N(0, 1) noise (clipped to uint8)."""
-  height, width, _ = pixels.shape
+def erasing_box(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  """timm's RandomErasing(mode='pixel', count 1) box on a height x width image: int32 [4]
+  (top, left, box height, box width) of 2% to 1/3 of the area, log-uniform aspect in
+  [0.3, 1/0.3]; zeros when none of 10 tries fits."""
   area = height * width
   for _ in range(10):
     target = area * rng.uniform(0.02, 1 / 3)
@@ -162,26 +182,67 @@ def random_erasing(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if w < width and h < height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
-      noise = rng.standard_normal((h, w, 3)) * IMAGENET_STD + IMAGENET_MEAN
-      pixels[top : top + h, left : left + w] = np.clip(np.rint(noise * 255.0), 0, 255)
-      break
+      return np.array([top, left, h, w], np.int32)
+  return np.zeros(4, np.int32)
+
+
+def erase(pixels: np.ndarray, box: np.ndarray, seed: int) -> np.ndarray:
+  """Fills `box` (erasing_box's) of uint8 [H, W, 3] `pixels`, in place, with pixels that
+  normalise to N(0, 1) noise (clipped to uint8), drawn from `seed`."""
+  top, left, h, w = (int(v) for v in box)
+  noise = np.random.default_rng(seed).standard_normal((h, w, 3)) * IMAGENET_STD + IMAGENET_MEAN
+  pixels[top : top + h, left : left + w] = np.clip(np.rint(noise * 255.0), 0, 255)
+  return pixels
+
+
+def augment_params(rng: np.random.Generator, config: 'TransformConfig') -> dict:
+  """One image's draws of flip, RandAugment and random erasing, as the arrays of a batch's
+  'augment': 'flip' bool, 'ops' int32 [2] and 'args' [2] (randaugment.draw; all skipped
+  without RandAugment), 'erase' int32 [4] (erasing_box; zeros: none), 'erase_seed' uint32, the
+  seed of its noise."""
+  size = config.image_size
+  flip = rng.random() < 0.5
+  if config.randaugment:
+    ops, args = randaugment.draw(rng, size, size)
+  else:
+    ops, args = np.full(2, -1, np.int32), np.zeros(2, np.float32)
+  erase_box, seed = np.zeros(4, np.int32), 0
+  if config.random_erasing and rng.random() < config.random_erasing:
+    erase_box = erasing_box(rng, size, size)
+    seed = int(rng.integers(2**32))
+  return {
+    'flip': np.bool_(flip),
+    'ops': ops,
+    'args': args,
+    'erase': erase_box,
+    'erase_seed': np.uint32(seed),
+  }
+
+
+def augment_on_host(
+  image: Image.Image, params: dict, config: 'TransformConfig', rng: np.random.Generator
+) -> np.ndarray:
+  """`augment_params`' flip, RandAugment and erasing applied to `image` on the host (colour
+  jitter too, if configured, drawn from `rng`) -> uint8 [S, S, 3]."""
+  if params['flip']:
+    image = image.transpose(Image.FLIP_LEFT_RIGHT)
+  if config.colour_jitter:
+    image = colour_jitter(image, config.colour_jitter, rng)
+  image = randaugment.apply(image, params['ops'], params['args'])
+  pixels = np.array(image, np.uint8)
+  if params['erase'][2] and params['erase'][3]:
+    erase(pixels, params['erase'], params['erase_seed'])
   return pixels
 
 
 def train_transform(
   data: bytes | None, rng: np.random.Generator, config: TransformConfig = TransformConfig()
-) -> np.ndarray:
-  """Encoded image -> augmented uint8 [S, S, 3], or DamagedImage."""
-  image = open_image(data, config.max_pixels)
-  box = random_resized_crop_box(*image.size, rng, config.min_scale)
-  image = crop_resize(image, box, config.image_size, config.dct_scaling)
-  if rng.random() < 0.5:
-    image = image.transpose(Image.FLIP_LEFT_RIGHT)
-  if config.colour_jitter:
-    image = colour_jitter(image, config.colour_jitter, rng)
-  if config.randaugment:
-    image = randaugment(image, rng)
-  pixels = np.array(image, np.uint8)
-  if config.random_erasing and rng.random() < config.random_erasing:
-    random_erasing(pixels, rng)
-  return pixels
+) -> dict:
+  """Encoded image -> {'image': uint8 [S, S, 3], 'augment': its draws} with
+  `config.augment_on_device` (the crop; the train step applies the draws), else {'image': the
+  augmented pixels}; or DamagedImage."""
+  image = crop(data, rng, config)
+  params = augment_params(rng, config)
+  if config.augment_on_device:
+    return {'image': np.asarray(image, np.uint8), 'augment': params}
+  return {'image': augment_on_host(image, params, config, rng)}

@@ -47,7 +47,8 @@ class PipelineConfig:
 
 
 def make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
-  """A raw record -> {'image': uint8 [S, S, 3], 'text': int32 [1 + K, L], 'skip': ''}, or
+  """A raw record -> {'image': uint8 [S, S, 3], 'text': int32 [1 + K, L], 'skip': ''} (and
+  'augment', the image's draws for the train step, when they are applied on the device), or
   {'skip': reason} for a sample that is dropped: damaged, or 'transform_error' (with the
   error's 'kind') when decoding, augmenting or tokenising it raised anything else."""
   try:
@@ -74,7 +75,17 @@ def _make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
   except image_transforms.DamagedImage as damage:
     return {'skip': damage.reason}
   texts = text.prompted_texts(caption, nouns.prompt_words(caption), rng, config.num_prompts)
-  return {'image': image, 'text': tokenize(texts, config.context_length), 'skip': ''}
+  return {**image, 'text': tokenize(texts, config.context_length), 'skip': ''}
+
+
+def _stack(examples: list[dict], fields: dict) -> dict:
+  """The examples' arrays stacked along a new first axis, nested dicts ('augment') too."""
+  return {
+    k: _stack([e[k] for e in examples], v)
+    if isinstance(v, dict)
+    else np.stack([e[k] for e in examples])
+    for k, v in fields.items()
+  }
 
 
 class _BatchIterator(grain.DatasetIterator):
@@ -114,11 +125,8 @@ class _BatchIterator(grain.DatasetIterator):
         )
     if not examples:
       return {**self._batches.empty, 'skipped': skipped}
-    return {
-      'image': np.stack([e['image'] for e in examples]),
-      'text': np.stack([e['text'] for e in examples]),
-      'skipped': skipped,
-    }
+    fields = {k: v for k, v in examples[0].items() if k != 'skip'}
+    return {**_stack(examples, fields), 'skipped': skipped}
 
   def get_state(self):
     return self._parent.get_state()
@@ -146,6 +154,11 @@ class _Batches(grain.IterDataset):
       'image': np.zeros((0, size, size, 3), np.uint8),
       'text': np.zeros((0, 1 + config.num_prompts, config.context_length), np.int32),
     }
+    if config.transform.augment_on_device:
+      draws = image_transforms.augment_params(np.random.default_rng(0), config.transform)
+      self.empty['augment'] = {
+        k: np.zeros((0, *np.shape(v)), np.asarray(v).dtype) for k, v in draws.items()
+      }
 
   def __iter__(self) -> _BatchIterator:
     return _BatchIterator(self._parent.__iter__(), self)

@@ -223,14 +223,37 @@ def enhance(kind: str, pixels: np.ndarray, factor: float) -> np.ndarray:
 # timm 0.4.12's level -> argument maps (level in [0, 10]) and the ops of the increasing set.
 
 
-def apply(name: str, pixels: np.ndarray, level: float, sign: int = 1) -> np.ndarray:
-  """timm's op `name` at `level` on uint8 RGB `pixels`; `sign` < 0 negates signed ops."""
-
-  def signed(value):
-    return -value if sign < 0 else value
-
+def argument(name: str, level: float, sign: int, width: int, height: int) -> float:
+  """timm's argument of op `name` at `level`; `sign` < 0 negates signed ops."""
   fraction = level / MAX_LEVEL
-  height, width = pixels.shape[:2]
+  magnitude = {
+    'Rotate': fraction * 30.0,
+    'PosterizeIncreasing': 4 - int(fraction * 4),
+    'SolarizeIncreasing': 256 - int(fraction * 256),
+    'SolarizeAdd': int(fraction * 110),
+    'ShearX': fraction * 0.3,
+    'ShearY': fraction * 0.3,
+    'TranslateXRel': fraction * 0.45,
+    'TranslateYRel': fraction * 0.45,
+  }.get(name, fraction * 0.9)  # the enhance ops: 1 +- 0.9 level / 10
+  if name in SIGNED and sign < 0:
+    magnitude = -magnitude
+  if name in (
+    'ColorIncreasing',
+    'ContrastIncreasing',
+    'BrightnessIncreasing',
+    'SharpnessIncreasing',
+  ):
+    return 1.0 + magnitude
+  if name == 'TranslateXRel':
+    return magnitude * width
+  if name == 'TranslateYRel':
+    return magnitude * height
+  return magnitude
+
+
+def apply_argument(name: str, pixels: np.ndarray, arg: float) -> np.ndarray:
+  """timm's op `name` at its argument `arg` on uint8 RGB `pixels`."""
   if name == 'AutoContrast':
     return autocontrast(pixels)
   if name == 'Equalize':
@@ -238,24 +261,30 @@ def apply(name: str, pixels: np.ndarray, level: float, sign: int = 1) -> np.ndar
   if name == 'Invert':
     return invert(pixels)
   if name == 'Rotate':
-    return rotate(pixels, signed(fraction * 30.0))
+    return rotate(pixels, arg)
   if name == 'PosterizeIncreasing':
-    return posterize(pixels, 4 - int(fraction * 4))
+    return posterize(pixels, int(arg))
   if name == 'SolarizeIncreasing':
-    return solarize(pixels, 256 - int(fraction * 256))
+    return solarize(pixels, int(arg))
   if name == 'SolarizeAdd':
-    return solarize_add(pixels, int(fraction * 110))
+    return solarize_add(pixels, int(arg))
   if name.endswith('Increasing'):  # Color, Contrast, Brightness, Sharpness
-    return enhance(name[: -len('Increasing')], pixels, 1.0 + signed(fraction * 0.9))
+    return enhance(name[: -len('Increasing')], pixels, arg)
   if name == 'ShearX':
-    return affine(pixels, (1, signed(fraction * 0.3), 0, 0, 1, 0))
+    return affine(pixels, (1, arg, 0, 0, 1, 0))
   if name == 'ShearY':
-    return affine(pixels, (1, 0, 0, signed(fraction * 0.3), 1, 0))
+    return affine(pixels, (1, 0, 0, arg, 1, 0))
   if name == 'TranslateXRel':
-    return affine(pixels, (1, 0, signed(fraction * 0.45) * width, 0, 1, 0))
+    return affine(pixels, (1, 0, arg, 0, 1, 0))
   if name == 'TranslateYRel':
-    return affine(pixels, (1, 0, 0, 0, 1, signed(fraction * 0.45) * height))
+    return affine(pixels, (1, 0, 0, 0, 1, arg))
   raise ValueError(f'unknown op {name}')
+
+
+def apply(name: str, pixels: np.ndarray, level: float, sign: int = 1) -> np.ndarray:
+  """timm's op `name` at `level` on uint8 RGB `pixels`; `sign` < 0 negates signed ops."""
+  height, width = pixels.shape[:2]
+  return apply_argument(name, pixels, argument(name, level, sign, width, height))
 
 
 NAMES = (

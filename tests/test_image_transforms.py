@@ -1,4 +1,5 @@
-"""The train transform: crop geometry, DCT-scaled decoding, RandAugment ops and erasing."""
+"""The train transform: crop geometry, DCT-scaled decoding, RandAugment ops, erasing, and the
+draws the device applies."""
 
 import io
 
@@ -9,6 +10,9 @@ from PIL import Image
 from input_pipeline import image_transforms as it
 from input_pipeline import randaugment
 from tests import shard_fixtures as fx
+
+# The transform with flip, RandAugment and erasing applied on the host.
+HOST = it.TransformConfig(augment_on_device=False)
 
 
 def _gradient_jpeg(width=512, height=384) -> bytes:
@@ -49,12 +53,57 @@ def test_dct_scaled_decoding_matches_full_decoding():
 
 def test_transform_output_and_determinism():
   data = _gradient_jpeg()
-  a = it.train_transform(data, np.random.default_rng(7))
-  b = it.train_transform(data, np.random.default_rng(7))
-  c = it.train_transform(data, np.random.default_rng(8))
+  a = it.train_transform(data, np.random.default_rng(7), HOST)['image']
+  b = it.train_transform(data, np.random.default_rng(7), HOST)['image']
+  c = it.train_transform(data, np.random.default_rng(8), HOST)['image']
   assert a.shape == (224, 224, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_device_draws_applied_on_the_host_give_the_host_transform():
+  """With augment_on_device the host sends the crop and its draws; applying those draws on the
+  host gives what the host transform gives from the same generator state."""
+  data = _gradient_jpeg()
+  device = it.TransformConfig()
+  for seed in range(200):
+    on_host = it.train_transform(data, np.random.default_rng(seed), HOST)
+    sent = it.train_transform(data, np.random.default_rng(seed), device)
+    assert set(on_host) == {'image'} and set(sent) == {'image', 'augment'}
+    assert sent['image'].shape == (224, 224, 3) and sent['image'].dtype == np.uint8
+    pixels = it.augment_on_host(Image.fromarray(sent['image']), sent['augment'], HOST, None)
+    np.testing.assert_array_equal(pixels, on_host['image'], err_msg=f'seed {seed}')
+
+
+def test_draws_cover_every_case():
+  """Over 4,000 draws: flips about half, RandAugment slots skipped about half, erasing about a
+  quarter with boxes of 2% to 1/3 of the image, every op at least once, fixed dtypes."""
+  config = it.TransformConfig()
+  draws = [it.augment_params(np.random.default_rng(s), config) for s in range(4000)]
+  assert {k: (np.asarray(v).dtype, np.shape(v)) for k, v in draws[0].items()} == {
+    'flip': (np.bool_, ()),
+    'ops': (np.int32, (2,)),
+    'args': (np.float32, (2,)),
+    'erase': (np.int32, (4,)),
+    'erase_seed': (np.uint32, ()),
+  }
+  flips = np.mean([d['flip'] for d in draws])
+  ops = np.concatenate([d['ops'] for d in draws])
+  erased = np.array([d['erase'] for d in draws if d['erase'][2]])
+  assert abs(flips - 0.5) < 0.03 and abs(np.mean(ops < 0) - 0.5) < 0.03
+  assert set(ops[ops >= 0].tolist()) == set(range(len(randaugment.OP_NAMES)))
+  assert abs(len(erased) / len(draws) - 0.25) < 0.03
+  areas = erased[:, 2] * erased[:, 3] / 224**2
+  assert areas.min() >= 0.02 - 0.005 and areas.max() <= 1 / 3 + 0.01
+  assert (erased[:, 0] + erased[:, 2] <= 224).all() and (erased[:, 1] + erased[:, 3] <= 224).all()
+  plain = it.augment_params(np.random.default_rng(0), it.TransformConfig(randaugment=False))
+  assert (plain['ops'] == -1).all()
+
+
+def test_colour_jitter_needs_the_host():
+  with pytest.raises(ValueError, match='augment_on_device=False'):
+    it.TransformConfig(colour_jitter=0.4)
+  it.TransformConfig(colour_jitter=0.4, augment_on_device=False)
 
 
 @pytest.mark.parametrize(
@@ -74,12 +123,7 @@ def test_damaged_images_name_their_reason(data, reason):
 
 
 def _level_op(name, image, level=9.0, sign=1):
-  # A generator whose first draw decides the sign: < 0.5 negates.
-  class Fixed:
-    def random(self):
-      return 0.9 if sign > 0 else 0.1
-
-  return randaugment.OPS[name](image, level, Fixed())
+  return randaugment.OPS[name](image, randaugment.argument(name, level, sign, *image.size))
 
 
 def test_randaugment_ops_at_magnitude_9():
@@ -105,7 +149,7 @@ def test_translate_moves_by_45_percent_at_full_magnitude():
 
 def test_random_erasing_paints_normalised_noise():
   pixels = np.zeros((224, 224, 3), np.uint8)
-  it.random_erasing(pixels, np.random.default_rng(3))
+  it.erase(pixels, it.erasing_box(np.random.default_rng(3), 224, 224), seed=3)
   painted = pixels.reshape(-1, 3)[pixels.reshape(-1, 3).any(axis=1)]
   fraction = len(painted) / (224 * 224)
   assert 0.02 - 0.005 <= fraction <= 1 / 3 + 0.01
@@ -130,5 +174,5 @@ def test_web_oddities_decode_as_released_or_are_skipped_by_reason(name):
   if name in ('animated_gif', 'animated_webp', 'multipage_tiff'):
     assert (decoded == (200, 0, 0)).all()  # the first frame's colour
   for seed in range(100):
-    pixels = it.train_transform(data, np.random.default_rng(seed))
+    pixels = it.train_transform(data, np.random.default_rng(seed), HOST)['image']
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8

@@ -24,17 +24,6 @@ from tests import randaugment_reference as reference
 LEVELS = tuple(0.5 * i for i in range(21))  # 0, 0.5, ..., 10
 
 
-class _Sign:
-  """Stands in for the generator: its draw fixes the sign. randaugment negates below 0.5 (timm
-  above 0.5: the same fair coin), so 0.9 keeps the sign and 0.1 negates."""
-
-  def __init__(self, sign: int):
-    self.value = 0.9 if sign > 0 else 0.1
-
-  def random(self) -> float:
-    return self.value
-
-
 def _signs(name: str) -> tuple[int, ...]:
   return (1, -1) if name in reference.SIGNED else (1,)
 
@@ -57,14 +46,17 @@ def _images() -> dict[str, np.ndarray]:
 
 
 def _op(name: str, pixels: np.ndarray, level: float, sign: int) -> np.ndarray:
-  out = randaugment.OPS[name](Image.fromarray(pixels), level, _Sign(sign))
+  height, width = pixels.shape[:2]
+  arg = randaugment.argument(name, level, sign, width, height)
+  out = randaugment.OPS[name](Image.fromarray(pixels), arg)
   assert out.mode == 'RGB' and out.size == (pixels.shape[1], pixels.shape[0])
   return np.asarray(out)
 
 
 def test_the_op_set_is_timms_increasing_set():
-  assert tuple(randaugment.OPS) == reference.NAMES
+  assert tuple(randaugment.OPS) == randaugment.OP_NAMES == reference.NAMES
   assert randaugment.FILL == reference.FILL
+  assert randaugment.SIGNED == reference.SIGNED
 
 
 @pytest.mark.parametrize('name', reference.NAMES)
@@ -90,34 +82,35 @@ def test_randaugment_draws_every_op_at_full_magnitude(monkeypatch):
   """Thousands of draws never fail, keep the image RGB and its size, reach level 10 (clipped;
   2.3% of magnitude draws) with every op, and every applied op, at its drawn level and sign,
   equals the reference."""
-  calls = []
+  drawn, applied = [], []
+  argument = randaugment.argument
 
-  def recording(name, op):
-    def recorded(image, level, rng):
-      draws = []
+  def recorded_argument(name, level, sign, width, height):
+    drawn.append((name, level, sign))
+    return argument(name, level, sign, width, height)
 
-      class Recorder:
-        def random(self):
-          draws.append(rng.random())
-          return draws[-1]
-
-      out = op(image, level, Recorder())
-      sign = -1 if draws and draws[0] < 0.5 else 1
-      calls.append((name, level, sign, np.asarray(image), np.asarray(out)))
+  def recording(op):
+    def recorded(image, arg):
+      out = op(image, arg)
+      applied.append((np.asarray(image), np.asarray(out)))
       return out
 
     return recorded
 
+  monkeypatch.setattr(randaugment, 'argument', recorded_argument)
   for name, op in list(randaugment.OPS.items()):
-    monkeypatch.setitem(randaugment.OPS, name, recording(name, op))
+    monkeypatch.setitem(randaugment.OPS, name, recording(op))
   image = Image.fromarray(_images()['noise'][:32, :32])
   for seed in range(5000):
     out = randaugment.randaugment(image, np.random.default_rng(seed))
     assert out.mode == 'RGB' and out.size == image.size
-  full = collections.Counter(name for name, level, *_ in calls if level == 10.0)
+  assert len(drawn) == len(applied) > 4000
+  full = collections.Counter(name for name, level, _ in drawn if level == 10.0)
   assert set(full) == set(reference.NAMES), full
-  for name, level, sign, before, after in calls:
-    expected = reference.apply(name, before, level, sign)
+  for (name, level, sign), (before, after) in zip(drawn, applied):
+    # draw rounds the argument to float32, which the device gets too.
+    arg = np.float32(reference.argument(name, level, sign, *before.shape[1::-1]))
+    expected = reference.apply_argument(name, before, float(arg))
     np.testing.assert_array_equal(after, expected, err_msg=f'{name} at {level}, sign {sign}')
 
 
@@ -161,7 +154,8 @@ def test_ops_on_every_decoded_mode(kind):
   for name in reference.NAMES:
     for level in (0.0, 10.0):
       for sign in _signs(name):
-        out = randaugment.OPS[name](image, level, _Sign(sign))
+        arg = randaugment.argument(name, level, sign, *image.size)
+        out = randaugment.OPS[name](image, arg)
         assert out.mode == 'RGB' and out.size == image.size
         np.testing.assert_array_equal(
           np.asarray(out),

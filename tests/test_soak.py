@@ -34,13 +34,13 @@ def test_soak_accounts_for_every_sample_with_every_op_at_level_10(tmp_path, monk
   # The same epoch in this process, recording every op applied and its level. Each sample's
   # draws come from (seed, shard position, index), so the workers applied the same ops.
   applied = collections.Counter()
-  for name, op in randaugment.OPS.items():
+  argument = randaugment.argument
 
-    def recorded(image, level, rng, name=name, op=op):
-      applied[name, level == randaugment.MAX_LEVEL] += 1
-      return op(image, level, rng)
+  def recorded(name, level, sign, width, height):
+    applied[name, level == randaugment.MAX_LEVEL] += 1
+    return argument(name, level, sign, width, height)
 
-    monkeypatch.setitem(randaugment.OPS, name, recorded)
+  monkeypatch.setattr(randaugment, 'argument', recorded)
   in_process = soak.soak(paths, workers=0, image_size=64, log=lambda line: None)
   assert in_process['delivered'] == with_workers['delivered']
   assert in_process['skipped'] == with_workers['skipped']

@@ -44,7 +44,7 @@ from groupvit_jax.training import (
 from groupvit_jax.training import optimizer as optimizers
 from groupvit_jax.training import steps as durations
 from groupvit_jax.weights import checkpoint
-from input_pipeline import failures, train_data
+from input_pipeline import device_augment, failures, train_data
 
 
 @flax.struct.dataclass
@@ -78,7 +78,9 @@ def loss_and_grads(
 ):
   """Losses, metrics, new BatchNorm statistics and gradients for one global batch.
 
-  batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts.
+  batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts;
+  'augment' (optional): each image's flip, RandAugment and erasing draws, applied here
+  (input_pipeline/device_augment.py).
   With `contrastive_chunks` > 1 the towers run on that many pieces of the batch at a time
   (grad_cache.py): the same losses and gradients, with one piece's activations in memory.
   Gumbel noise and drop path are drawn per image, from a key folded with the image's row in
@@ -88,7 +90,10 @@ def loss_and_grads(
   rows = jnp.arange(batch['image'].shape[0])
   row_keys = jax.vmap(jax.random.fold_in, (None, 0))(step_rng, rows)  # [B] keys
   row_keys = jax.lax.with_sharding_constraint(row_keys, sharding.batch_sharding(mesh))
-  inputs = {'image': batch['image'], 'text': batch['text'], 'key': row_keys}
+  image = batch['image']
+  if 'augment' in batch:
+    image = device_augment.augment(image, batch['augment'])
+  inputs = {'image': image, 'text': batch['text'], 'key': row_keys}
   contrastive = jax.shard_map(
     functools.partial(losses.contrastive_losses, axis_name=sharding.BATCH_AXES),
     mesh=mesh,
