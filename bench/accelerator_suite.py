@@ -30,6 +30,10 @@ Cases (the full run; --tiny: tests/tiny_train_config.py's model, batch 16, 32-pi
                               captions of at most 30 BPE tokens (--caption_tokens);
         no_host_round_trip    the loop reads metrics on log steps only: the baseline's program,
                               timed with one block_until_ready after the last step;
+        device_augment        a cost, not a speed-up: the batch carries each image's flip,
+                              RandAugment and erasing draws and the step applies them
+                              (input_pipeline/device_augment.py), as training does with
+                              config.data.augment_on_device, the host's work moved here;
         all                   every available lever at once.
       A lever whose config key this code lacks (`key in config`) is "not available".
       samples/s, and MFU = bench/flops.py's analytic training FLOPs per sample x samples/s /
@@ -68,6 +72,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -100,6 +105,7 @@ LEVERS = (
   'attention',
   'text_length_multiple',
   'no_host_round_trip',
+  'device_augment',
   'all',
 )
 SOT, EOT = 49406, 49407  # CLIP's start and end of text; EOT is the largest id
@@ -348,12 +354,13 @@ class Variant:
   attention: str | None
   text_length: int
   round_trip: bool
+  augment: bool = False  # the batch carries the DeiT set's draws, applied in the step
 
   def program_key(self, batch: int, attention_auto: str | None = 'auto') -> tuple:
     """What the compiled program depends on; `attention_auto`: what 'auto' runs here ('xla'
     where it resolves to XLA's attention, whose program is the baseline's)."""
     attention = attention_auto if self.attention == 'auto' else self.attention
-    return (batch, self.chunks, self.remat, attention, self.text_length)
+    return (batch, self.chunks, self.remat, attention, self.text_length, self.augment)
 
 
 @dataclasses.dataclass
@@ -430,6 +437,7 @@ class Suite:
       'remat': 'remat' in config.model,
       'attention': 'attention' in config.model,
       'text_length_multiple': 'text_length_multiple' in config,
+      'device_augment': importlib.util.find_spec('input_pipeline.device_augment') is not None,
     }
     rng = np.random.default_rng(0)
     sample = synthetic_tokens(rng, 8, self.texts, self.context, mode.caption_tokens)
@@ -500,6 +508,8 @@ class Suite:
       v = dataclasses.replace(v, text_length=self.trim_length)
     if 'no_host_round_trip' in use:
       v = dataclasses.replace(v, round_trip=False)
+    if 'device_augment' in use:
+      v = dataclasses.replace(v, augment=True)
     return v
 
   def has_levers(self) -> list[str]:
@@ -516,6 +526,7 @@ class Suite:
         'remat': f'model.remat={REMAT}',
         'attention': "model.attention='auto'",
         'text_length_multiple': f'text_length_multiple={TRIM_MULTIPLE}',
+        'device_augment': 'config.data.augment_on_device',
       }[lever]
     parts = {
       'contrastive_chunks': f'contrastive_chunks={v.chunks}',
@@ -524,6 +535,7 @@ class Suite:
       'text_length_multiple': f'text_length_multiple={TRIM_MULTIPLE}: '
       f'{v.text_length} of {self.context} tokens',
       'no_host_round_trip': 'block_until_ready after the last step only',
+      'device_augment': 'flip, RandAugment and erasing applied in the step (a cost)',
     }
     if lever == 'all':
       short = {
@@ -532,6 +544,7 @@ class Suite:
         'attention': 'attention auto',
         'text_length_multiple': f'{v.text_length} tokens',
         'no_host_round_trip': 'no round trip',
+        'device_augment': 'device augment',
       }
       return ' + '.join(short[k] for k in self.has_levers())
     return parts[lever]
@@ -597,7 +610,20 @@ class Suite:
       'image': jax.ShapeDtypeStruct((batch, self.image_size, self.image_size, 3), np.uint8),
       'text': jax.ShapeDtypeStruct((batch, self.texts, v.text_length), np.int32),
     }
+    if v.augment:
+      inputs['augment'] = {
+        k: jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for k, x in self.draws().items()
+      }
     return step.lower(self.state_shapes, inputs)
+
+  def draws(self, batch: int = 1, seed: int = 0) -> dict:
+    """`batch` images' flip, RandAugment and erasing draws, stacked as a batch's 'augment'."""
+    from input_pipeline import image_transforms  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(seed)
+    config = image_transforms.TransformConfig(image_size=self.image_size)
+    rows = [image_transforms.augment_params(rng, config) for _ in range(batch)]
+    return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
   def compile_many(self, jobs: list[tuple[Any, Callable]], workers: int, options=None) -> list:
     """Compiles (key, lower_fn) jobs, up to `workers` at a time. Lowering (tracing, which holds
@@ -683,13 +709,14 @@ class Suite:
 
     return jax.device_put(self.host_state(), self.state_shardings)
 
-  def batch(self, batch: int, text_length: int):
-    """A device-resident synthetic batch (the same for every case of this size)."""
+  def batch(self, batch: int, text_length: int, augment: bool = False):
+    """A device-resident synthetic batch (the same for every case of this size), with the
+    DeiT set's draws if `augment`."""
     import jax  # pylint: disable=g-import-not-at-top
 
     from groupvit_jax.training import sharding  # pylint: disable=g-import-not-at-top
 
-    key = (batch, text_length)
+    key = (batch, text_length, augment)
     if key not in self.data:
       for old in [k for k in self.data if k[0] != batch]:
         del self.data[old]  # one batch size on the device at a time
@@ -698,6 +725,8 @@ class Suite:
       images = rng.integers(0, 256, (batch, size, size, 3), np.uint8)
       tokens = synthetic_tokens(rng, batch, self.texts, self.context, self.mode.caption_tokens)
       host = {'image': images, 'text': np.ascontiguousarray(tokens[..., :text_length])}
+      if augment:
+        host['augment'] = self.draws(batch, seed=batch)
       self.data[key] = jax.device_put(host, sharding.batch_sharding(self.mesh))
     return self.data[key]
 
@@ -793,7 +822,7 @@ def train_case(suite: Suite, batch: int, lever: str) -> dict:
       f'{suite.memory_limit / GIB:.1f} GiB: not run'
     )
     return dict(record, status=OOM, note=note)
-  data = suite.batch(batch, v.text_length)
+  data = suite.batch(batch, v.text_length, v.augment)
   try:
     timing = time_steps(
       program.compiled,

@@ -4,8 +4,9 @@
       [--batches 20] [--batch_size 64] [--workers 0] [--text_length_multiple 16] \\
       [--json report.json]
 
-Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's transform) for
-`--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
+Runs the trainer's pipeline (input_pipeline.web_pipeline, the released recipe's transform, its
+flip, RandAugment and erasing drawn here for the train step to apply unless --augment_on_host)
+for `--batches` batches and prints samples/s (and per CPU core, from the CPU time this process and
 its workers used; both after the first batch, which includes start-up), the samples skipped by
 reason, a few captions with the words and prompts made from them, caption token-length
 statistics, and the lengths the trainer would cut the texts to (`config.text_length_multiple`):
@@ -17,6 +18,7 @@ URLs too.
 """
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -33,9 +35,20 @@ if typing.TYPE_CHECKING:
 
 
 def _cpu_seconds() -> float:
+  """CPU seconds used by this process and its worker processes, live ones included (so that a
+  difference of two readings leaves out the workers' start-up)."""
+  import psutil  # pylint: disable=g-import-not-at-top
+
   own = resource.getrusage(resource.RUSAGE_SELF)
-  children = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+  ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+  live = 0.0
+  for child in psutil.Process().children(recursive=True):
+    try:
+      times = child.cpu_times()
+    except psutil.Error:  # ended since the listing: counted in RUSAGE_CHILDREN
+      continue
+    live += times.user + times.system
+  return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime + live
 
 
 def caption_examples(paths, count: int, seed: int = 0, num_prompts: int = 3) -> list[dict]:
@@ -128,14 +141,17 @@ def inspect(
       elapsed = time.time() - start
       eta = progress.format_duration(elapsed / done * (batches - done))
       log(f'batch {done}/{batches} | {samples / elapsed:.1f} samples/s | ETA {eta}')
+    # Read before the workers stop: what they prefetched beyond the last batch is in both
+    # readings (a full buffer), and their shutdown in neither.
+    end = (time.time(), _cpu_seconds())
   finally:
     iterator.close()
   seconds = time.time() - start
   if warm is None or samples == warm[2]:  # one batch only: rate over everything
     warm = (start, cpu_at_start, 0)
   timed = samples - warm[2]
-  wall = max(time.time() - warm[0], 1e-9)
-  cpu = max(_cpu_seconds() - warm[1], 1e-9)
+  wall = max(end[0] - warm[0], 1e-9)
+  cpu = max(end[1] - warm[1], 1e-9)
   counters = iterator.counters()
   report = {
     'shards': len(paths),
@@ -147,7 +163,9 @@ def inspect(
     'seconds': seconds,
     'samples_per_second': timed / wall,
     'cpu_seconds': cpu,
+    # The number to size hosts by: this process's and its workers' CPU time per sample.
     'samples_per_second_per_core': timed / cpu,
+    'augment_on_device': config.transform.augment_on_device,
     'token_length': token_length_stats(np.concatenate(caption_tokens)) if caption_tokens else {},
     'text_length_multiple': text_length_multiple,
     'caption_cut_lengths': {},  # per caption: the lengths it would be cut to, and how many
@@ -193,6 +211,12 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--no_deit', action='store_true', help='crop and flip only')
   parser.add_argument(
+    '--augment_on_host',
+    action='store_true',
+    help='apply flip, RandAugment and erasing here, as config.data.augment_on_device=False '
+    'does (default: drawn here and applied by the train step, as the released configs do)',
+  )
+  parser.add_argument(
     '--text_length_multiple',
     type=int,
     default=16,
@@ -202,9 +226,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   from input_pipeline import web_pipeline  # pylint: disable=g-import-not-at-top
 
-  transform = image_transforms.TransformConfig()
+  transform = image_transforms.TransformConfig(augment_on_device=not args.augment_on_host)
   if args.no_deit:
-    transform = image_transforms.TransformConfig(randaugment=False, random_erasing=0.0)
+    transform = dataclasses.replace(transform, randaugment=False, random_erasing=0.0)
   config = web_pipeline.PipelineConfig(transform=transform, workers=args.workers)
   try:
     report = inspect(
