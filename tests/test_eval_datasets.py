@@ -51,6 +51,16 @@ def test_readers_find_the_split_from_the_parent_or_the_root(tmp_path, name, pale
   assert dataset.class_names[0] == 'background'
 
 
+@pytest.mark.parametrize('name', ['voc', 'context', 'coco_object'])
+def test_the_training_split_is_read_from_its_own_list_or_folder(tmp_path, name):
+  for split, ids in (('val', ['v1', 'v2']), ('train', ['t1', 't2', 't3'])):
+    layout = datasets.layout(name, split)
+    _write(str(tmp_path / layout.root), layout, ids)
+  assert datasets.open_dataset(name, str(tmp_path), 'train').ids == ('t1', 't2', 't3')
+  assert datasets.open_dataset(name, str(tmp_path)).ids == ('v1', 'v2')
+  assert datasets.layout(name, 'train').class_names == datasets.LAYOUTS[name].class_names
+
+
 def test_class_names_and_thresholds_are_the_released_evaluations():
   assert len(datasets.VOC_CLASSES) == 21 and datasets.VOC_CLASSES[11] == 'table'
   assert datasets.VOC_CLASSES[16] == 'plant' and datasets.VOC_CLASSES[20] == 'monitor'

@@ -8,6 +8,9 @@
                (evaluators/coco_object.py writes these masks from COCO's annotations)
   imagenet     val/<wordnet id>/*.JPEG, one folder per class (n01440764 ...): open_imagenet
 
+Those are the evaluation splits; `split='train'` reads the training split instead (train.txt,
+train2017, train/), for fine-tuning and linear probes.
+
 `data_dir` may be the dataset's own directory (e.g. .../VOCdevkit/VOC2012) or any directory
 above it on that path (e.g. the one holding VOCdevkit). Class names and background thresholds
 are the released evaluation's (docs/released_model.md, "Zero-shot segmentation protocol");
@@ -69,26 +72,46 @@ class Layout:
   images: str
   masks: str
   split: str | None  # a file of ids, one per line; None: every image in `images`
+
+  def of_split(self, split: str) -> 'Layout':
+    """This layout with '{split}' in its paths filled in ('val', 'train')."""
+
+    def fill(path):
+      return path and path.format(split=split)
+
+    return dataclasses.replace(
+      self, images=fill(self.images), masks=fill(self.masks), split=fill(self.split)
+    )
   image_suffix: str
   mask_suffix: str
   class_names: tuple[str, ...]
   background_threshold: float
 
 
-LAYOUTS = {
+# Paths with '{split}' to fill in ('val', 'train'): layout() gives a split's.
+_LAYOUT_TEMPLATES = {
   'voc': Layout(
-    'VOCdevkit/VOC2012', 'JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation/val.txt',
+    'VOCdevkit/VOC2012', 'JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation/{split}.txt',
     '.jpg', '.png', VOC_CLASSES, 0.95,
   ),
   'context': Layout(
     'VOCdevkit/VOC2010', 'JPEGImages', 'SegmentationClassContext',
-    'ImageSets/SegmentationContext/val.txt', '.jpg', '.png', CONTEXT_CLASSES, 0.35,
+    'ImageSets/SegmentationContext/{split}.txt', '.jpg', '.png', CONTEXT_CLASSES, 0.35,
   ),
   'coco_object': Layout(
-    'coco', 'images/val2017', 'annotations/val2017', None, '.jpg', '_instanceTrainIds.png',
+    'coco', 'images/{split}2017', 'annotations/{split}2017', None, '.jpg', '_instanceTrainIds.png',
     COCO_OBJECT_CLASSES, 0.95,
   ),
 }  # fmt: skip
+
+
+def layout(name: str, split: str = 'val') -> Layout:
+  """Where the files of a segmentation dataset's split are."""
+  return _LAYOUT_TEMPLATES[name].of_split(split)
+
+
+# The evaluation splits' layouts.
+LAYOUTS = {name: layout(name) for name in _LAYOUT_TEMPLATES}
 
 
 class LayoutError(FileNotFoundError):
@@ -154,14 +177,18 @@ def _expected(layout: Layout) -> str:
 DATASETS = ('voc', 'context', 'coco_object', 'imagenet')
 
 
-def open_dataset(name: str, data_dir: str):
-  """The evaluation split of `name` (one of DATASETS) under `data_dir`: a SegmentationDataset,
-  or for 'imagenet' a ClassificationDataset. A LayoutError names whatever is missing."""
+def open_dataset(name: str, data_dir: str, split: str = 'val'):
+  """A split ('val', the evaluation split, or 'train') of `name` (one of DATASETS) under
+  `data_dir`: a SegmentationDataset, or for 'imagenet' a ClassificationDataset. A LayoutError
+  names whatever is missing."""
   if name == 'imagenet':
-    return open_imagenet(data_dir)
+    return open_imagenet(data_dir, split)
   if name not in LAYOUTS:
     raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(DATASETS)}')
-  layout = LAYOUTS[name]
+  return _open_segmentation(name, data_dir, layout(name, split))
+
+
+def _open_segmentation(name: str, data_dir: str, layout: Layout) -> 'SegmentationDataset':
   root = _find_root(data_dir, layout)
   needed = [layout.images, layout.masks] + ([layout.split] if layout.split else [])
   absent = [p for p in needed if not filesystem.exists(os.path.join(root, p))]
@@ -239,11 +266,11 @@ def _class_folders(directory: str) -> list[str]:
   return [n for n, is_folder in zip(names, folders) if is_folder]
 
 
-def open_imagenet(data_dir: str) -> ClassificationDataset:
-  """ImageNet's validation split as 1000 class folders named by WordNet id, in `data_dir`,
-  `data_dir/val` or `data_dir/imagenet/val`; classes in sorted folder order, which is the
-  order of IMAGENET_CLASSES. A LayoutError names what is missing."""
-  candidates = [data_dir, os.path.join(data_dir, 'val'), os.path.join(data_dir, 'imagenet', 'val')]
+def open_imagenet(data_dir: str, split: str = 'val') -> ClassificationDataset:
+  """An ImageNet split ('val' or 'train') as 1000 class folders named by WordNet id, in
+  `data_dir`, `data_dir/<split>` or `data_dir/imagenet/<split>`; classes in sorted folder
+  order, which is the order of IMAGENET_CLASSES. A LayoutError names what is missing."""
+  candidates = [data_dir, os.path.join(data_dir, split), os.path.join(data_dir, 'imagenet', split)]
   for root in candidates:
     folders = _class_folders(root)
     if folders:
@@ -251,7 +278,7 @@ def open_imagenet(data_dir: str) -> ClassificationDataset:
   else:
     raise LayoutError(
       f'imagenet: no class folders (n01440764, ...) in {", ".join(candidates)}; expected the '
-      'validation images sorted into one folder per class'
+      f'{split} images sorted into one folder per class'
     )
   if len(folders) != len(IMAGENET_CLASSES):
     raise LayoutError(
