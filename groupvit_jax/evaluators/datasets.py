@@ -82,6 +82,7 @@ class Layout:
     return dataclasses.replace(
       self, images=fill(self.images), masks=fill(self.masks), split=fill(self.split)
     )
+
   image_suffix: str
   mask_suffix: str
   class_names: tuple[str, ...]
