@@ -26,10 +26,23 @@ LAYERS = (
   ),
   ('groupvit_jax.models', 'input_pipeline'),
   ('groupvit_jax.weights',),
-  ('groupvit_jax', 'groupvit_jax.inference', 'groupvit_jax.segmentation'),
+  (
+    'groupvit_jax',
+    'groupvit_jax.inference',
+    'groupvit_jax.segmentation',
+    'groupvit_jax.nonparametric_grouping',
+  ),
   ('groupvit_jax.evaluators',),
   ('groupvit_jax.training',),
-  ('groupvit_jax.main', 'groupvit_jax.evaluate', 'groupvit_jax.demo', 'groupvit_jax.convert'),
+  (
+    'groupvit_jax.main',
+    'groupvit_jax.evaluate',
+    'groupvit_jax.demo',
+    'groupvit_jax.convert',
+    'groupvit_jax.finetune',
+    'groupvit_jax.linear_probe',
+    'groupvit_jax.concepts',
+  ),
 )
 
 
