@@ -29,6 +29,9 @@ class GroupViTInference:
     self.context_length = self.model.text.get('context_length', 77)
     self._image_fn = jax.jit(self._image_forward)
     self._text_fn = jax.jit(lambda v, t: self.model.apply(v, t, method=GroupViT.text_features))
+    self._features_fn = jax.jit(
+      lambda v, x: self.model.apply(v, normalize_images(x), method=GroupViT.image_features)
+    )
 
   def set_variables(self, variables: Mapping[str, Any]) -> None:
     """Replaces the weights with others of the same shapes (e.g. a newer training step); the
@@ -61,6 +64,13 @@ class GroupViTInference:
   def encode_image(self, images: Any) -> np.ndarray:
     """uint8 RGB [N, H, W, 3] (any H, W; not resized) -> L2-normalised float32 [N, E]."""
     return np.asarray(self.image_outputs(images).embedding)
+
+  def image_features(self, images: Any) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] -> the image tower's pooled features float32 [N, width], before
+    the projection head (linear probes read these)."""
+    images = check_images(images)
+    features = self._features_fn(self.variables, self._on_devices(images))
+    return np.asarray(features[: len(images)], np.float32)
 
   def text_features(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
     """A string or a list of strings -> projected text features float32 [N, E], not normalised."""

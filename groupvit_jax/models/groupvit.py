@@ -99,6 +99,11 @@ class GroupViT(nn.Module):
       group_embeddings = l2_normalize(groups).reshape(b, s, -1)
     return ImageOutput(embedding, group_embeddings, out.assignments, out.grid)
 
+  def image_features(self, images: jax.Array) -> jax.Array:
+    """Normalised images [B, H, W, 3] -> the image tower's pooled features [B, width], before
+    the projection head (what CLIP's linear probes read)."""
+    return self.img_encoder(images, deterministic=True).pooled
+
   def text_features(self, tokens: jax.Array, train: bool = False) -> jax.Array:
     """Token ids [B, L] -> projected text features [B, E], not normalised. The released
     zero-shot classifiers average these over prompt templates, then normalise."""
