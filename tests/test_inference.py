@@ -42,7 +42,7 @@ def test_encode_text_matches_transformers_with_our_tokenizer(tmp_path):
 def test_image_features_are_the_pooled_features_before_projection(tmp_path):
   hf_model = ref.make_model(seed=1, **ref.TINY)
   hf_model.save_pretrained(tmp_path)
-  images = ref.random_images(seed=2, n=3, height=64, width=48)
+  images = ref.random_images(seed=2, n=3, height=64, width=64)
   ours = groupvit_jax.load(str(tmp_path)).image_features(images)
   with torch.no_grad():
     expected = hf_model.vision_model(pixel_values=ref.pixel_values(images)).pooler_output.numpy()
