@@ -37,7 +37,7 @@ class PipelineConfig:
   """What the pipeline makes of each sample, and how it orders and parallelises them."""
 
   transform: image_transforms.TransformConfig = image_transforms.TransformConfig()
-  num_prompts: int = 3
+  num_prompts: int = 3  # K prompted words per caption; 0: the caption alone
   # A training config must still give config.data.context_length, the text tower's, which the
   # tokens must match; the default serves tools and tests.
   context_length: int = dataclasses.field(default=77, metadata={'required': True})
@@ -74,7 +74,9 @@ def _make_example(record: dict, seed: int, config: PipelineConfig) -> dict:
     image = image_transforms.train_transform(record['image'], rng, config.transform)
   except image_transforms.DamagedImage as damage:
     return {'skip': damage.reason}
-  texts = text.prompted_texts(caption, nouns.prompt_words(caption), rng, config.num_prompts)
+  # num_prompts 0 (no multi-label loss): the caption alone, without tagging it.
+  words = nouns.prompt_words(caption) if config.num_prompts else ()
+  texts = text.prompted_texts(caption, words, rng, config.num_prompts)
   return {**image, 'text': tokenize(texts, config.context_length), 'skip': ''}
 
 

@@ -199,3 +199,42 @@ def test_sharded_logits_are_local_rows_by_global_columns():
   global_sizes = {total, total * K}
   for shape in _dot_output_shapes(backward.jaxpr):
     assert sum(d in global_sizes for d in shape) < 2, f'a global-by-global product {shape}'
+
+
+def _no_prompts(batch, dim=16):
+  """[B, 0, E]: no prompted texts (config.data.num_prompts = 0)."""
+  return np.zeros((batch, 0, dim), np.float32)
+
+
+def test_without_prompts_the_loss_is_the_image_text_loss_alone():
+  # The orthogonal case above: matched pairs score [s, 0], text 1 scores [0, 0].
+  e = np.eye(4, dtype=np.float32)
+  s = 3.0
+  got = losses.contrastive_losses(e[[0, 1]], e[[0, 2]], _no_prompts(2, 4), s, 5.0)
+  assert set(got) == {'loss', 'loss_image_text'}
+  np.testing.assert_allclose(got['loss'], 0.5 * (np.log1p(np.exp(-s)) + np.log(2)), rtol=1e-6)
+
+  image, text, one_prompt = _embeddings(8, batch=8, k=1, dim=16)
+  got = losses.contrastive_losses(image, text, _no_prompts(8), 7.0, 3.0)
+  expected = _reference(image, text, one_prompt, 7.0, 3.0)['loss_image_text']
+  np.testing.assert_allclose(got['loss'], expected, rtol=1e-6)
+  np.testing.assert_allclose(got['loss_image_text'], expected, rtol=1e-6)
+
+
+def test_the_multi_label_loss_needs_a_prompt():
+  image, _, _ = _embeddings(9, batch=4, k=1, dim=16)
+  with pytest.raises(ValueError, match='at least one prompt'):
+    losses.multi_label_loss(image, _no_prompts(4), 1.0)
+
+
+def test_sharded_loss_without_prompts_matches_single_device():
+  image, text, _ = _embeddings(10, batch=8 * LOCAL, k=1, dim=DIM)
+  args = image, text, _no_prompts(8 * LOCAL, DIM), jnp.float32(1 / 0.07), jnp.float32(20.0)
+  expected, expected_grads = _losses_and_grads(losses.contrastive_losses, args)
+  got, grads = _losses_and_grads(_sharded('data8'), args)
+  assert set(got) == {'loss', 'loss_image_text'}
+  np.testing.assert_allclose(got['loss'], expected['loss'], rtol=1e-5)
+  for i in (0, 1, 3):  # image, text and the image-text scale
+    g, e = grads[i], expected_grads[i]
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max(), err_msg=f'arg {i}')
+  assert grads[4] == 0  # the multi-label temperature takes no part

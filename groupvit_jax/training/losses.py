@@ -77,9 +77,11 @@ def multi_label_loss(
   mass 1/K on each of the image's own K. Text side: each prompt against all B gathered
   images, one-hot on its own. Returns 0.5 * (mean over B images + mean over B*K prompts).
   """
+  b, k, e = prompts.shape
+  if not k:
+    raise ValueError('the multi-label loss needs at least one prompt per image, got K = 0')
   image, prompts = image.astype(jnp.float32), prompts.astype(jnp.float32)
   scale = jnp.asarray(scale, jnp.float32)
-  b, k, e = prompts.shape
   offset, devices = _offset_and_devices(b, axis_name)
   prompts_all = _gather(prompts, axis_name).reshape(-1, e)  # [B, K, E] -> [B*K, E]
   # Prompt k of global image g is row g*K + k of prompts_all.
@@ -114,9 +116,12 @@ def contrastive_losses(
   are the used temperatures min(exp(.), 100) of `logit_scale` and `multi_label_logit_scale`.
   axis_name: the mesh axis (or tuple of axes) the batch is sharded over inside shard_map, or
   None on one device. Returns scalars {'loss', 'loss_image_text', 'loss_multi_label'}, equal
-  on every device.
+  on every device. K = 0 (config.data.num_prompts = 0, the paper's Table 1 rows without the
+  multi-label loss): the image-text loss alone, {'loss', 'loss_image_text'}.
   """
   loss_image_text = image_text_loss(image, text, image_text_scale, axis_name)
+  if not prompts.shape[1]:
+    return {'loss': loss_image_text, 'loss_image_text': loss_image_text}
   loss_multi_label = multi_label_loss(image, prompts, multi_label_scale, axis_name)
   return {
     'loss': loss_image_text + loss_multi_label,

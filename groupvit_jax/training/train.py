@@ -78,7 +78,8 @@ def loss_and_grads(
 ):
   """Losses, metrics, new BatchNorm statistics and gradients for one global batch.
 
-  batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts;
+  batch: 'image' uint8 [B, H, W, 3]; 'text' int32 [B, 1 + K, L], the caption then K prompts
+  (K = 0: the image-text loss alone, losses.contrastive_losses);
   'augment' (optional): each image's flip, RandAugment and erasing draws, applied here
   (input_pipeline/device_augment.py).
   With `contrastive_chunks` > 1 the towers run on that many pieces of the batch at a time
@@ -123,7 +124,9 @@ def loss_and_grads(
       method=GroupViT.project_for_training,
     )
     metrics = contrastive(image, text[:, 0], text[:, 1:], scale, multi_label_scale)
-    metrics = dict(metrics, logit_scale=scale, multi_label_logit_scale=multi_label_scale)
+    metrics = dict(metrics, logit_scale=scale)
+    if 'loss_multi_label' in metrics:  # none without prompts: its temperature is unused
+      metrics['multi_label_logit_scale'] = multi_label_scale
     return metrics['loss'], (metrics, updates['batch_stats'])
 
   if contrastive_chunks == 1:

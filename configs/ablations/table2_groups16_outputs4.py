@@ -1,0 +1,17 @@
+"""Table 2, row 1: 16 group tokens, 4 output tokens. Paper: VOC mIoU 28.6.
+
+configs/cc_1stage.py with 16 group tokens, which the grouping block's token MLP maps to 4.
+
+  python -m groupvit_jax.main --config=configs/ablations/table2_groups16_outputs4.py --workdir=DIR
+"""
+
+import ml_collections
+
+from configs import cc_1stage
+
+
+def get_config(eval_data_dir: str = '') -> ml_collections.ConfigDict:
+  config = cc_1stage.get_config(eval_data_dir)
+  config.model.vision.num_group_tokens = (16, 0)
+  config.model.vision.num_output_groups = (4,)
+  return config
