@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from groupvit_jax import filesystem, segmentation, tokenizer
 from groupvit_jax.image_ops import check_image, check_images, normalize_images
+from groupvit_jax.models import groupvit
 from groupvit_jax.models.groupvit import GroupViT, ImageOutput
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
 from groupvit_jax.weights import checkpoint
@@ -31,6 +32,9 @@ class GroupViTInference:
     self._text_fn = jax.jit(lambda v, t: self.model.apply(v, t, method=GroupViT.text_features))
     self._features_fn = jax.jit(
       lambda v, x: self.model.apply(v, normalize_images(x), method=GroupViT.image_features)
+    )
+    self._cls_attention_fn = jax.jit(
+      lambda v, x: groupvit.cls_attention(self.model, v, normalize_images(x))
     )
 
   def set_variables(self, variables: Mapping[str, Any]) -> None:
@@ -72,6 +76,15 @@ class GroupViTInference:
     features = self._features_fn(self.variables, self._on_devices(images))
     return np.asarray(features[: len(images)], np.float32)
 
+  def cls_attention(self, images: Any) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] -> a class-token ViT's attention from the class token to the
+    patches in its last block, each head's softmax weights (the class token's own weight
+    dropped, not renormalised): float32 [N, heads, H/p, W/p]. ValueError for a GroupViT or a
+    mean-pooled ViT. Separate from the other encoders, which it does not slow."""
+    images = check_images(images)
+    weights = self._cls_attention_fn(self.variables, self._on_devices(images))
+    return np.asarray(weights[: len(images)], np.float32)
+
   def text_features(self, texts: str | Sequence[str], batch_size: int = 256) -> np.ndarray:
     """A string or a list of strings -> projected text features float32 [N, E], not normalised."""
     tokens = tokenizer.tokenize(texts, self.context_length)
@@ -104,13 +117,20 @@ class GroupViTInference:
     return float(scale)
 
   def segment(
-    self, image: Any, class_names: Sequence[str], background_threshold: float | None = None
+    self,
+    image: Any,
+    class_names: Sequence[str],
+    background_threshold: float | None = None,
+    grouping: str | None = None,
+    num_groups: int = 8,
   ) -> np.ndarray:
     """Zero-shot segmentation of one uint8 RGB image [H, W, 3] into `class_names`, with the
     released protocol (shorter side 448, 448 windows every 224 px): int32 [H, W]. With a
     `background_threshold` (0.95 on VOC), 0 is background and class i is label i + 1; without
-    one, labels are 0..C-1."""
-    segmenter = segmentation.Segmenter(self, class_names, background_threshold)
+    one, labels are 0..C-1. A ViT needs a `grouping` of its patches (segmentation.Segmenter)."""
+    segmenter = segmentation.Segmenter(
+      self, class_names, background_threshold, grouping=grouping, num_groups=num_groups
+    )
     return segmenter(check_image(image))[0]
 
   def group_maps(self, image: Any, short_side: int | None = 448) -> list[np.ndarray]:

@@ -4,7 +4,9 @@ Per window: the stages' soft assignment maps are multiplied (patches -> final gr
 to the window and made one-hot by argmax; each group gets class scores from its embedding and
 the class text embeddings; pixels take their group's scores. Windows' scores are averaged and
 resized to the original image; the argmax is the label map. `inference.GroupViTInference`'s
-`segment` and `group_maps` and the segmentation evaluators all use this module.
+`segment` and `group_maps` and the segmentation evaluators all use this module. A plain ViT's
+groups come from non-parametric grouping of its patch embeddings (nonparametric_grouping), as
+one-hot maps scored the same way.
 """
 
 import functools
@@ -14,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from groupvit_jax import interpolation
+from groupvit_jax import interpolation, nonparametric_grouping
 from groupvit_jax.image_ops import check_images
+from groupvit_jax.models import grouping
 from groupvit_jax.prompts import SIMPLE_TEMPLATES
 
 
@@ -30,9 +33,7 @@ def _pixel_group_scores(
   assignments_soft: Sequence[jax.Array], grid: tuple[int, int], out_hw: tuple[int, int]
 ) -> jax.Array:
   """Per-stage soft maps [B, S_out, N_in] -> their product, resized: [B, S_last, H, W]."""
-  maps = assignments_soft[0]  # [B, S_1, N]
-  for stage in assignments_soft[1:]:
-    maps = jnp.einsum('bts,bsn->btn', stage, maps)  # [B, S_next, N]
+  maps = grouping.patch_to_segment_maps(assignments_soft)  # [B, S, N]
   b, s, _ = maps.shape
   return bilinear_resize(maps.reshape(b, s, *grid), out_hw)  # [B, S, H, W]
 
@@ -202,6 +203,11 @@ class Segmenter:
   `class_names` is label i + 1; without, labels are 0..C-1. Images are resized to a
   `short_side` shorter side (None: kept), cut into `window` crops every `stride` pixels, and
   the averaged scores resized back to the input size.
+
+  `grouping` None takes the model's own groups (GroupViT's final groups); a plain ViT has none
+  and needs one of nonparametric_grouping.METHODS ('pixel', 'kmeans', 'meanshift',
+  'spectral'), which groups each window's patch embeddings (into `num_groups` for 'kmeans' and
+  'spectral').
   """
 
   def __init__(
@@ -215,11 +221,15 @@ class Segmenter:
     stride: int = 224,
     max_long_side: int = 2048,
     max_crops: int = 16,
+    grouping: str | None = None,
+    num_groups: int = 8,
   ):
     if isinstance(class_names, str):
       raise TypeError('class_names must be a list of names, not one string')
     if not class_names:
       raise ValueError('class_names is empty')
+    _check_grouping(inference.model.image_tower, grouping, num_groups)
+    self.grouping, self.num_groups = grouping, num_groups
     self.inference = inference
     self.class_names = tuple(class_names)
     self.background_threshold = (
@@ -248,21 +258,53 @@ class Segmenter:
       self.inference.image_outputs(crops[i : i + self.max_crops])
       for i in range(0, len(crops), self.max_crops)
     ]
-    soft = tuple(
-      jnp.concatenate([o.assignments[stage].soft for o in outputs])
-      for stage in range(len(outputs[0].assignments))
-    )
-    labels = _label_maps(
-      soft,
-      jnp.concatenate([o.group_embeddings for o in outputs]),
-      jnp.concatenate([o.embedding for o in outputs]),
-      self.class_emb,
-      self.logit_scale,
-      patch_grid(outputs[0]),
-      boxes,
-      hw,
-      out_hw,
-      self.background_threshold,
-    )
-    labels = np.asarray(labels)
+    group_embeddings = jnp.concatenate([o.group_embeddings for o in outputs])
+    embedding = jnp.concatenate([o.embedding for o in outputs])
+
+    def label_maps(soft, group_embeddings, embedding):
+      labels = _label_maps(
+        soft,
+        group_embeddings,
+        embedding,
+        self.class_emb,
+        self.logit_scale,
+        patch_grid(outputs[0]),
+        boxes,
+        hw,
+        out_hw,
+        self.background_threshold,
+      )
+      return np.asarray(labels)
+
+    if self.grouping is None:
+      soft = tuple(
+        jnp.concatenate([o.assignments[stage].soft for o in outputs])
+        for stage in range(len(outputs[0].assignments))
+      )
+      labels = label_maps(soft, group_embeddings, embedding)
+    else:
+      maps, groups = nonparametric_grouping.group_windows(
+        np.asarray(group_embeddings), self.grouping, self.num_groups
+      )  # [K * B, S, N], [K * B, S, E]
+      # One image's K windows (rows b, B + b, ...) at a time: with a group per patch the
+      # one-hot pixel maps [K, S, h, w] are large.
+      b = len(images)
+      labels = np.concatenate(
+        [label_maps((maps[i::b],), groups[i::b], embedding[i::b]) for i in range(b)]
+      )
     return labels[0] if single else labels
+
+
+def _check_grouping(image_tower: str, grouping: str | None, num_groups: int) -> None:
+  """ValueError unless the model (config.model.image_tower) can be grouped as asked."""
+  choices = ', '.join(nonparametric_grouping.METHODS)
+  if grouping is None:
+    if image_tower == 'vit':
+      raise ValueError(f'a ViT has no groups of its own: choose a grouping, one of {choices}')
+    return
+  if image_tower != 'vit':
+    raise ValueError(
+      f"grouping {grouping!r} groups a ViT's patch embeddings, which a GroupViT does not "
+      'have: use grouping None (its own groups)'
+    )
+  nonparametric_grouping.check(grouping, num_groups)

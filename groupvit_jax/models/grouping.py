@@ -10,7 +10,7 @@ Order of operations (docs/released_model.md, "Grouping block"):
   5. Residual MLP on the merged tokens.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -162,3 +162,13 @@ class GroupingBlock(nn.Module):
       layers.layer_norm('norm_new_x')(x)
     )
     return x, assignment
+
+
+def patch_to_segment_maps(assignments_soft: Sequence[jax.Array]) -> jax.Array:
+  """Per-stage soft maps [B, S_out, N_in] -> their product [B, S_last, N]: how much each of
+  the N patches belongs to each final segment. Each column sums to 1 (the maps are softmaxes
+  over the segment axis)."""
+  maps = assignments_soft[0]  # [B, S_1, N]
+  for stage in assignments_soft[1:]:
+    maps = jnp.einsum('bts,bsn->btn', stage, maps)  # [B, S_next, N]
+  return maps

@@ -10,8 +10,21 @@ import jax.numpy as jnp
 from groupvit_jax.models import layers
 from groupvit_jax.models.text import TextTower
 from groupvit_jax.models.vision import VisionTower
+from groupvit_jax.models.vit import ViTTower
 
 MAX_LOGIT_SCALE = 100.0
+
+# config.model.image_tower: the module config.model.vision configures.
+IMAGE_TOWERS = {'groupvit': VisionTower, 'vit': ViTTower}
+
+
+def image_tower_class(name: str) -> type[nn.Module]:
+  """The image tower module for config.model.image_tower (IMAGE_TOWERS)."""
+  if name not in IMAGE_TOWERS:
+    raise ValueError(
+      f'config.model.image_tower is {name!r}; expected one of {", ".join(IMAGE_TOWERS)}'
+    )
+  return IMAGE_TOWERS[name]
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
@@ -46,9 +59,11 @@ class ImageOutput(NamedTuple):
   """encode_image's result.
 
   embedding: [B, E] L2-normalised image embedding.
-  group_embeddings: [B, S_final, E] L2-normalised embedding of each final segment token
-    (None in training, where projecting them would disturb the BatchNorm statistics).
-  assignments: per grouping stage, grouping.Assignment(hard, soft), each [B, S_out, N_in].
+  group_embeddings: [B, S_final, E] L2-normalised embedding of each final segment token; a
+    ViT's groups are its patches, [B, N, E] (None in training, where projecting them would
+    disturb the BatchNorm statistics).
+  assignments: per grouping stage, grouping.Assignment(hard, soft), each [B, S_out, N_in];
+    () for a ViT.
   grid: (H/p, W/p), the patch grid of the first stage's N_in tokens.
   """
 
@@ -61,16 +76,19 @@ class ImageOutput(NamedTuple):
 class GroupViT(nn.Module):
   """The two-tower GroupViT model.
 
-  `vision` and `text` are the keyword arguments of VisionTower and TextTower; `dtype` is the
-  compute dtype ('float32' or 'bfloat16'); parameters are always float32. `remat` is the
-  rematerialisation policy of the towers' blocks (layers.remat_policy: 'none', 'full', or a
-  jax.checkpoint_policies name; bools as in older configs): less memory, more compute.
+  `image_tower` picks the image tower (IMAGE_TOWERS): 'groupvit' (VisionTower) or 'vit' (the
+  plain ViT baseline, ViTTower). `vision` and `text` are the keyword arguments of that tower
+  and of TextTower; `dtype` is the compute dtype ('float32' or 'bfloat16'); parameters are
+  always float32. `remat` is the rematerialisation policy of the towers' blocks
+  (layers.remat_policy: 'none', 'full', or a jax.checkpoint_policies name; bools as in older
+  configs): less memory, more compute.
   `attention` picks the attention kernel (layers.attention_implementation: 'auto', 'xla',
   'cudnn').
   """
 
   vision: Mapping[str, Any]
   text: Mapping[str, Any]
+  image_tower: str = 'groupvit'
   embed_dim: int = 256
   projection_hidden_dim: int = 4096
   dtype: str = 'float32'
@@ -80,7 +98,7 @@ class GroupViT(nn.Module):
   def setup(self):
     dtype = jnp.dtype(self.dtype)
     towers = dict(dtype=dtype, remat=self.remat, attention=self.attention)
-    self.img_encoder = VisionTower(**_tuples(self.vision), **towers)
+    self.img_encoder = image_tower_class(self.image_tower)(**_tuples(self.vision), **towers)
     self.text_encoder = TextTower(**self.text, **towers)
     self.img_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
     self.text_projector = ProjectionHead(self.projection_hidden_dim, self.embed_dim, dtype)
@@ -160,3 +178,30 @@ class GroupViT(nn.Module):
 def _tuples(config: Mapping[str, Any]) -> dict:
   """Lists (as JSON and ConfigDict give them) -> tuples, so module fields stay hashable."""
   return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def cls_attention(model: GroupViT, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+  """A class-token ViT's attention in its last block: normalised images [B, H, W, 3] -> each
+  head's softmax weights from the class token to the patch tokens, float32 [B, heads, gh, gw]
+  (the class token's weight on itself dropped, the rest not renormalised).
+
+  ValueError for a GroupViT or a mean-pooled ViT, which have no class token.
+  """
+  tower = image_tower_class(model.image_tower)(**_tuples(model.vision))
+  if not isinstance(tower, ViTTower) or tower.pooling != 'cls':
+    raise ValueError(
+      'class-token attention needs config.model.image_tower "vit" with pooling "cls"; this '
+      f'model has image_tower {model.image_tower!r}'
+      + (f' with pooling {tower.pooling!r}' if isinstance(tower, ViTTower) else '')
+    )
+  # A mutable 'intermediates' collection makes every SelfAttention sow its weights; only the
+  # last block's leave this function, so jit drops the rest.
+  out, state = model.apply(
+    variables,
+    images,
+    method=lambda module, x: module.img_encoder(x, deterministic=True),
+    mutable=['intermediates'],
+  )
+  block = state['intermediates']['img_encoder'][f'blocks_{tower.depth - 1}']['attn']
+  (weights,) = block[layers.ATTENTION_WEIGHTS]  # [B, heads, 1 + N, 1 + N]
+  return weights[:, :, 0, 1:].reshape(*weights.shape[:2], *out.grid)

@@ -144,8 +144,32 @@ def attend(
   return out.reshape(b, tq, d)
 
 
+def attention_weights(
+  q: jax.Array, k: jax.Array, num_heads: int, is_causal: bool = False
+) -> jax.Array:
+  """The softmax attention weights that `attend` applies, float32 [B, H, Tq, Tk]:
+  softmax(q k^T / sqrt(Dh)) per head, for q [B, Tq, D] and k [B, Tk, D]."""
+  b, tq, d = q.shape
+  tk, head_dim = k.shape[1], d // num_heads
+  q = q.astype(jnp.float32).reshape(b, tq, num_heads, head_dim)  # [B, Tq, H, Dh]
+  k = k.astype(jnp.float32).reshape(b, tk, num_heads, head_dim)  # [B, Tk, H, Dh]
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(jnp.float32(head_dim))
+  if is_causal:
+    logits = jnp.where(jnp.tril(jnp.ones((tq, tk), bool)), logits, -jnp.inf)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+# The name under which SelfAttention sows its weights (see SelfAttention).
+ATTENTION_WEIGHTS = 'attention_weights'
+
+
 class SelfAttention(nn.Module):
-  """Self-attention with one fused qkv projection (the checkpoints store it fused)."""
+  """Self-attention with one fused qkv projection (the checkpoints store it fused).
+
+  Only when applied with the 'intermediates' collection mutable, it also sows its attention
+  weights [B, H, T, T] (attention_weights) as ATTENTION_WEIGHTS: the fused kernels return
+  none, so an ordinary forward computes nothing more.
+  """
 
   num_heads: int
   is_causal: bool = False
@@ -157,6 +181,9 @@ class SelfAttention(nn.Module):
     d = x.shape[-1]
     qkv = dense(3 * d, self.dtype, 'qkv')(x)  # [B, T, 3D], ordered q | k | v
     q, k, v = jnp.split(qkv, 3, axis=-1)
+    if self.is_mutable_collection('intermediates'):
+      weights = attention_weights(q, k, self.num_heads, self.is_causal)
+      self.sow('intermediates', ATTENTION_WEIGHTS, weights)
     out = attend(q, k, v, self.num_heads, self.is_causal, self.attention)
     return dense(d, self.dtype, 'proj')(out)
 

@@ -24,7 +24,8 @@ def interpolate_pos_embed(
 
 
 class PatchEmbed(nn.Module):
-  """Non-overlapping patches -> linear embedding -> LayerNorm.
+  """Non-overlapping patches -> linear embedding -> LayerNorm (GroupViT's; `norm=False`: none,
+  as in a plain ViT).
 
   images: [B, H, W, 3] -> ([B, H/p * W/p, D], (H/p, W/p)). Trailing rows and columns that do
   not fill a patch are dropped, as a stride-p convolution without padding does.
@@ -33,6 +34,7 @@ class PatchEmbed(nn.Module):
   patch_size: int
   width: int
   dtype: jnp.dtype = jnp.float32
+  norm: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
@@ -46,7 +48,7 @@ class PatchEmbed(nn.Module):
     patches = images[:, : gh * p, : gw * p].reshape(b, gh, p, gw, p, c)  # [B, gh, p, gw, p, C]
     x = jnp.einsum('bhpwqc,pqcd->bhwd', patches.astype(self.dtype), kernel.astype(self.dtype))
     x = (x + bias.astype(self.dtype)).reshape(b, gh * gw, self.width)
-    return layers.layer_norm('norm')(x), (gh, gw)
+    return (layers.layer_norm('norm')(x) if self.norm else x), (gh, gw)
 
 
 class GroupingStage(nn.Module):

@@ -8,9 +8,8 @@ from typing import Any, Iterable, Mapping
 
 from groupvit_jax import evaluators
 from groupvit_jax.models import layers
-from groupvit_jax.models.groupvit import GroupViT
+from groupvit_jax.models.groupvit import GroupViT, image_tower_class
 from groupvit_jax.models.text import TextTower
-from groupvit_jax.models.vision import VisionTower
 from groupvit_jax.training import profiling
 from input_pipeline import train_data
 
@@ -69,6 +68,7 @@ POSITIVE_INTS = {
   'optimizer.grad_accum_steps': 1,
   'contrastive_chunks': 1,
   'text_length_multiple': 0,  # 0: the full context length
+  'data.num_prompts': 0,  # 0: no prompted words and no multi-label loss (training/losses.py)
 }
 DERIVED_WHEN_NONE = ('total_steps', 'eval_every_steps', 'optimizer.warmup_steps')
 
@@ -118,9 +118,10 @@ def check(config: Mapping[str, Any]) -> None:
   try:
     layers.check_attention(config['model'].get('attention', 'auto'))
     layers.remat_policy(config['model'].get('remat', 'none'))
+    tower = image_tower_class(config['model'].get('image_tower', 'groupvit'))
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  _check_keys('config.model.vision', config['model'].get('vision', {}), _module_fields(VisionTower))
+  _check_keys('config.model.vision', config['model'].get('vision', {}), _module_fields(tower))
   _check_keys('config.model.text', config['model'].get('text', {}), _module_fields(TextTower))
   _check_keys('config.optimizer', config['optimizer'], OPTIMIZER)
   _check_keys('config.mesh', config['mesh'], MESH)
