@@ -1,5 +1,6 @@
-"""The evaluation command, ImageNet reading and classification, the evaluator plug-ins in the
-trainer, and the demo: on tiny fixtures in the real layouts and a tiny random model."""
+"""The evaluation command (with its extra metrics), ImageNet reading and classification, the
+evaluator plug-ins in the trainer, and the demo: on tiny fixtures in the real layouts and a tiny
+random model."""
 
 import functools
 import json
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_boundary_miou import reference_miou as boundary_reference_miou
 from test_eval_datasets import _write as write_segmentation_split
 
 import groupvit_jax
 from groupvit_jax import demo, evaluate, evaluators, segmentation, tokenizer
-from groupvit_jax.evaluators import common, datasets, metrics
+from groupvit_jax.evaluators import common, datasets, metrics, zero_shot_segmentation
 from groupvit_jax.evaluators import zero_shot_classification as zsc
 from groupvit_jax.evaluators.imagenet_classes import IMAGENET_CLASSES
 from groupvit_jax.prompts import IMAGENET_TEMPLATES, SUBSET_TEMPLATES
@@ -154,31 +156,84 @@ def test_imagenet_evaluation_against_pytorch_and_predictions_file(tiny, imagenet
   assert all(r[2] == IMAGENET_CLASSES[int(r[1])] for r in rows)
 
 
-def test_segmentation_command_writes_json_and_label_pngs(tiny, voc, tmp_path):
+def oracle_labels(groups: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+  """Each group's pixels labelled with its most frequent non-ignored true class (the lowest of
+  a tie; 0 for a group of ignored pixels only)."""
+  labels = np.zeros_like(groups)
+  for g in np.unique(groups):
+    votes = truth[(groups == g) & (truth != 255)]
+    labels[groups == g] = np.bincount(votes, minlength=num_classes).argmax() if votes.size else 0
+  return labels
+
+
+def test_segmentation_command_writes_json_label_pngs_and_extra_metrics(
+  tiny, voc, tmp_path, monkeypatch, capsys
+):
   _, directory, model = tiny
   data_dir, masks = voc
   out = tmp_path / 'voc.json'
-  result = evaluate.run(directory, 'voc', data_dir, str(out), str(tmp_path / 'pred'))
+  # The tiny model is a GroupViT, whose groups are its own: a stand-in Segmenter records the
+  # grouping flags and segments as the real one does without them.
+  recorded = {}
+
+  def segmenter_without_grouping(*args, grouping: str | None, num_groups: int, **kwargs):
+    recorded.update(grouping=grouping, num_groups=num_groups)
+    return segmentation.Segmenter(*args, **kwargs)
+
+  monkeypatch.setattr(zero_shot_segmentation, 'Segmenter', segmenter_without_grouping)
+  # The fixture's copy of the checkpoint, whose encoders compile once for the command and the
+  # checks below (the ImageNet test covers loading).
+  loaded = []
+  monkeypatch.setattr(groupvit_jax, 'load', lambda path, dtype: loaded.append(path) or model)
+  args = ['--checkpoint', directory, '--dataset', 'voc', '--data_dir', data_dir, '--json',
+          str(out), '--save_predictions', str(tmp_path / 'pred'), '--metrics',
+          'boundary,oracle,mask_probing', '--grouping', 'kmeans', '--num_groups', '3']  # fmt: skip
+  assert evaluate.main(args) == 0
   saved = json.load(open(out))
   assert {'miou', 'macc', 'aacc', 'per_class', 'per_class_acc', 'images_per_second'} <= set(saved)
   assert len(saved['per_class']) == 21 and saved['num_images'] == 3
+  assert recorded == {'grouping': 'kmeans', 'num_groups': 3} and loaded == [directory]
+  assert saved['grouping'] == 'kmeans' and saved['num_groups'] == 3
 
   # The saved label maps are the segmenter's, and re-scoring them gives the JSON's numbers.
   dataset = datasets.open_dataset('voc', data_dir)
   segmenter = segmentation.Segmenter(model, datasets.VOC_CLASSES[1:], 0.95)
-  conf = 0
+  conf, oracle_conf, pairs, jaccards = 0, 0, [], []
   for i, key in enumerate(dataset.ids):
     with Image.open(tmp_path / 'pred' / f'{key}.png') as png:
       assert png.mode == 'P'
       labels = np.asarray(png)
-    np.testing.assert_array_equal(labels, segmenter(dataset.load(i)[0]))
+    image, truth = dataset.load(i)
+    np.testing.assert_array_equal(labels, segmenter(image))
     conf = conf + metrics.confusion_matrix(labels, masks[key], 21)
+    pairs.append((masks[key], labels))
+    # The oracle and mask probing from the final groups at the protocol's shorter side.
+    groups = model.group_maps(image, 448)[-1]
+    oracle = oracle_labels(groups, truth, 21)
+    oracle_conf = oracle_conf + metrics.confusion_matrix(oracle, truth, 21)
+    valid = truth != 255
+    foreground = valid & (truth != 0)
+    jaccards.append(
+      max(
+        ((groups == g) & foreground).sum() / (((groups == g) | foreground) & valid).sum()
+        for g in np.unique(groups)
+      )
+    )
   assert saved['miou'] == pytest.approx(
     metrics.segmentation_metrics(conf, dataset.class_names)['miou']
   )
+  assert saved['boundary_miou'] == pytest.approx(boundary_reference_miou(pairs, 21))
+  assert saved['oracle_miou'] == pytest.approx(
+    metrics.segmentation_metrics(oracle_conf, dataset.class_names)['miou']
+  )
+  assert saved['mask_probing_jaccard'] == pytest.approx(np.mean(jaccards))
+  assert saved['mask_probing_images'] == 3  # every image has foreground
   assert saved['per_class']['boat'] is None  # absent everywhere: NaN in mmseg, null in JSON
-  text = evaluate.summary('voc', result)
-  assert 'monitor' in text and 'mIoU' in text.splitlines()[-1]
+  text = capsys.readouterr().out
+  assert 'monitor' in text
+  means = text.splitlines()[-2]  # then the timing line
+  assert means.startswith('voc: mIoU') and 'boundary mIoU' in means and 'oracle mIoU' in means
+  assert means.endswith(f'mask probing Jaccard {100 * np.mean(jaccards):5.2f} (3 images)')
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
@@ -189,11 +244,26 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
   assert process.returncode == 1
   assert process.stderr.strip().splitlines()[-1].startswith('error: voc:')
   assert 'VOCdevkit/VOC2012' in process.stderr and 'Traceback' not in process.stderr
-  for flag in ('--max_examples', '--batch_size', '--workers'):
+  for flag in ('--max_examples', '--batch_size', '--workers', '--num_groups'):
     with pytest.raises(SystemExit) as exit_info:
       evaluate.main(['--checkpoint', 'c', '--dataset', 'voc', '--data_dir', 'd', flag, '0'])
     assert exit_info.value.code == 2  # argparse's usage error, before anything loads
     assert f'{flag}: 0 is not a positive whole number' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    evaluate.main(['--checkpoint', 'c', '--dataset', 'voc', '--data_dir', 'd', '--grouping', 'x'])
+  assert "invalid choice: 'x'" in capsys.readouterr().err
+
+  # --metrics: checked before anything loads, one line naming the choices.
+  usage = ['--checkpoint', 'c', '--data_dir', 'd', '--dataset']
+  assert evaluate.main(usage + ['voc', '--metrics', 'boundary,edges']) == 1
+  want = "error: unknown metric 'edges': choose from boundary, oracle, mask_probing\n"
+  assert capsys.readouterr().err == want
+  assert evaluate.main(usage + ['imagenet', '--metrics', 'oracle']) == 1
+  want = 'error: --metrics and --grouping are for segmentation datasets, not imagenet\n'
+  assert capsys.readouterr().err == want
+  assert metrics.extra_metric_names(' oracle,boundary, oracle') == ('oracle', 'boundary')
+  assert metrics.extra_metric_names(None) == metrics.extra_metric_names('') == ()
+  assert metrics.extra_metric_names(['mask_probing']) == ('mask_probing',)
 
 
 def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp_path):
@@ -206,6 +276,7 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
       'voc': dict(
         type='zero_shot_segmentation', dataset='voc', data_dir=data_dir, max_examples=2,
         num_pictures=1, short_side=64, window=64, stride=32,
+        metrics='boundary,oracle,mask_probing',
       )
     }
   )  # fmt: skip
@@ -218,6 +289,9 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
   evaluate(state, 7, writer, str(tmp_path), pictures=True)
   assert {'voc_miou', 'voc_macc', 'voc_aacc', 'voc_iou_monitor'} <= set(logged)
   assert 0 <= logged['voc_miou'] <= 1
+  for key in ('voc_boundary_miou', 'voc_oracle_miou', 'voc_mask_probing_jaccard'):
+    assert 0 <= logged[key] <= 1
+  assert logged['voc_mask_probing_images'] == 2
   pictures = tmp_path / 'pictures' / 'voc' / 'step_7'
   assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
 
@@ -241,6 +315,23 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
   assert logged.keys() == first.keys()
   with pytest.raises(datasets.LayoutError, match='VOCdevkit'):
     evaluators.create({'voc': dict(type='zero_shot_segmentation', dataset='voc', data_dir='/no')})
+
+
+def test_synthetic_evaluator_reports_the_oracle_miou_of_the_final_groups(tiny):
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+
+  _, _, model = tiny
+  evaluator = evaluators.create(
+    {'synthetic': dict(type='synthetic_segmentation', image_size=64, num_examples=3)}
+  )['synthetic']
+  scores = evaluator.run(model)
+  # Independently: each scene's final groups at its own size, labelled by the majority.
+  num_classes, conf = len(synthetic.CLASS_NAMES), 0
+  for image, truth in zip(evaluator.images, evaluator.masks):
+    labels = oracle_labels(model.group_maps(image, None)[-1], truth, num_classes)
+    conf = conf + metrics.confusion_matrix(labels, truth, num_classes)
+  want = metrics.segmentation_metrics(conf, synthetic.CLASS_NAMES)['miou']
+  assert scores['oracle_miou'] == pytest.approx(want) and 0 <= scores['miou'] <= 1
 
 
 @pytest.mark.slow

@@ -4,6 +4,9 @@ from typing import Sequence
 
 import numpy as np
 
+# Optional metrics beside mIoU (evaluators/boundary.py, evaluators/group_metrics.py).
+EXTRA_METRICS = ('boundary', 'oracle', 'mask_probing')
+
 
 def confusion_matrix(pred, label, num_classes: int, ignore_index: int = 255) -> np.ndarray:
   """int64 [C, C] counts, rows = ground truth, columns = prediction.
@@ -45,3 +48,16 @@ def segmentation_metrics(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     'per_class': {name: float(v) for name, v in zip(class_names, iou)},
     'per_class_acc': {name: float(v) for name, v in zip(class_names, acc)},
   }
+
+
+def extra_metric_names(names: str | Sequence[str] | None) -> tuple[str, ...]:
+  """'boundary,oracle' (or a list of names, or None for none) -> the names, each one of
+  EXTRA_METRICS (ValueError otherwise), in the order given, without repeats."""
+  if names is None:
+    return ()
+  if isinstance(names, str):
+    names = [name.strip() for name in names.split(',')] if names.strip() else []
+  unknown = [name for name in names if name not in EXTRA_METRICS]
+  if unknown:
+    raise ValueError(f'unknown metric {unknown[0]!r}: choose from {", ".join(EXTRA_METRICS)}')
+  return tuple(dict.fromkeys(names))

@@ -10,12 +10,13 @@ import os
 import numpy as np
 
 from groupvit_jax import segmentation, visualize
-from groupvit_jax.evaluators import metrics, zero_shot_segmentation
+from groupvit_jax.evaluators import group_metrics, metrics, zero_shot_segmentation
 from input_pipeline import synthetic
 
 
 class SyntheticSegmentation:
-  """mIoU over the first `num_examples` held-out scenes, which are made once and kept."""
+  """mIoU over the first `num_examples` held-out scenes, which are made once and kept, and
+  (for a model with groups) the oracle mIoU of its final groups at the scenes' own size."""
 
   def __init__(
     self,
@@ -43,7 +44,8 @@ class SyntheticSegmentation:
     self.num_pictures = min(num_pictures, num_examples)
 
   def run(self, inference) -> dict:
-    """{'miou', 'macc', 'aacc', 'iou_<class>'..., 'most_frequent_label_miou'} as fractions."""
+    """{'miou', 'macc', 'aacc', 'iou_<class>'..., 'most_frequent_label_miou', 'oracle_miou'}
+    as fractions ('oracle_miou' for a model with groups)."""
     size = self.images.shape[1]
     result = zero_shot_segmentation.run(
       inference,
@@ -54,8 +56,9 @@ class SyntheticSegmentation:
       batch_size=self.batch_size,
       window=size,
       stride=size,
+      metric_names=('oracle',) if group_metrics.has_groups(inference) else (),
     )
-    scores = {k: result[k] for k in ('miou', 'macc', 'aacc')}
+    scores = {k: result[k] for k in ('miou', 'macc', 'aacc', 'oracle_miou') if k in result}
     scores.update({f'iou_{name}': v for name, v in result['per_class'].items()})
     scores['most_frequent_label_miou'] = self.baseline_miou
     return scores
