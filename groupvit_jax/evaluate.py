@@ -1,12 +1,14 @@
 """Zero-shot evaluation of a checkpoint with the paper's protocol, one command per dataset:
 
   python -m groupvit_jax.evaluate --checkpoint DIR --dataset voc|context|coco_object|imagenet \
-      --data_dir PATH [--json OUT] [--save_predictions DIR] [--max_examples N]
+      --data_dir PATH [--json OUT] [--save_predictions DIR] [--max_examples N] \
+      [--metrics boundary,oracle,mask_probing] [--grouping kmeans --num_groups 8]
 
 `--checkpoint` is a groupvit_jax checkpoint, a released NVlabs `.pth` or a Hugging Face
 directory. Dataset layouts: see groupvit_jax/evaluators/datasets.py. Segmentation prints mIoU,
-mAcc, aAcc and a per-class table; ImageNet prints top-1 and top-5 (all in %). The JSON holds the
-same numbers as fractions. Every path may be a URL (gs://...).
+mAcc, aAcc and a per-class table, and with `--metrics` the boundary mIoU, the oracle mIoU of
+the final groups and the mask-probing Jaccard index; ImageNet prints top-1 and top-5 (all in
+%). The JSON holds the same numbers as fractions. Every path may be a URL (gs://...).
 """
 
 import argparse
@@ -20,11 +22,21 @@ import numpy as np
 from PIL import Image
 
 import groupvit_jax
-from groupvit_jax import filesystem, visualize
-from groupvit_jax.evaluators import datasets
+from groupvit_jax import filesystem, nonparametric_grouping, visualize
+from groupvit_jax.command_line import json_ready, positive_int
+from groupvit_jax.evaluators import datasets, metrics
 from groupvit_jax.progress import Progress
 
 _PALETTE = visualize.label_colours(256).reshape(-1).tolist()
+# The means in a segmentation summary, those of --metrics where present: (JSON key, label).
+_MEANS = (
+  ('miou', 'mIoU'),
+  ('macc', 'mAcc'),
+  ('aacc', 'aAcc'),
+  ('boundary_miou', 'boundary mIoU'),
+  ('oracle_miou', 'oracle mIoU'),
+  ('mask_probing_jaccard', 'mask probing Jaccard'),
+)
 
 
 def save_label_png(path: str, labels: np.ndarray) -> None:
@@ -48,20 +60,11 @@ def summary(dataset: str, result: dict) -> str:
   lines = [f'{"class":<{width}}   IoU    Acc']
   for name, iou in result['per_class'].items():
     lines.append(f'{name:<{width}} {_percent(iou)}  {_percent(result["per_class_acc"][name])}')
-  lines.append(
-    f'{dataset}: mIoU {_percent(result["miou"])} | mAcc {_percent(result["macc"])} | '
-    f'aAcc {_percent(result["aacc"])}'
-  )
+  means = [f'{label} {_percent(result[key])}' for key, label in _MEANS if key in result]
+  if 'mask_probing_images' in result:
+    means[-1] += f' ({result["mask_probing_images"]} images)'
+  lines.append(f'{dataset}: ' + ' | '.join(means))
   return '\n'.join(lines)
-
-
-def _json_ready(value):
-  """NaN -> None (JSON has no NaN), arrays dropped, containers recursed."""
-  if isinstance(value, dict):
-    return {k: _json_ready(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
-  if isinstance(value, float) and math.isnan(value):
-    return None
-  return value
 
 
 def run(
@@ -74,8 +77,20 @@ def run(
   batch_size: int | None = None,
   workers: int = 8,
   dtype: str | None = None,
+  extra_metrics: str | Sequence[str] | None = None,
+  grouping: str | None = None,
+  num_groups: int = 8,
 ) -> dict:
-  """Evaluates `checkpoint` on `dataset`; returns (and optionally writes) the results."""
+  """Evaluates `checkpoint` on `dataset`; returns (and optionally writes) the results.
+
+  Segmentation only: `extra_metrics` ('boundary,oracle,mask_probing' or some of them) adds
+  their numbers; `grouping` (one of nonparametric_grouping.METHODS, for a ViT; None: a
+  GroupViT's own groups) with `num_groups` makes the groups of the zero-shot segmentation.
+  """
+  extra_metrics = metrics.extra_metric_names(extra_metrics)
+  if dataset == 'imagenet' and (extra_metrics or grouping):
+    raise ValueError('--metrics and --grouping are for segmentation datasets, not imagenet')
+
   import jax  # pylint: disable=g-import-not-at-top  # after argument parsing: --help stays quick
 
   from groupvit_jax import evaluators  # pylint: disable=g-import-not-at-top
@@ -84,6 +99,10 @@ def run(
   settings = dict(
     type=kind, dataset=dataset, data_dir=data_dir, max_examples=max_examples, workers=workers
   )
+  if extra_metrics:
+    settings['metrics'] = extra_metrics
+  if grouping:
+    settings.update(grouping=grouping, num_groups=num_groups)
   if batch_size:
     settings['batch_size'] = batch_size
   evaluator = evaluators.create({dataset: settings})[dataset]
@@ -115,16 +134,11 @@ def run(
     images_per_second=len(evaluator.indices) / seconds,
     device=str(jax.devices()[0].device_kind),
   )
+  if grouping:
+    result.update(grouping=grouping, num_groups=num_groups)
   if json_path:
-    filesystem.write_text(json_path, json.dumps(_json_ready(result), indent=2))
+    filesystem.write_text(json_path, json.dumps(json_ready(result), indent=2))
   return result
-
-
-def _positive_int(text: str) -> int:
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'{text} is not a positive whole number')
-  return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,18 +158,34 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   parser.add_argument(
     '--max_examples',
-    type=_positive_int,
+    type=positive_int,
     help='evaluate this many images, evenly spread (quick runs)',
   )
   parser.add_argument(
     '--batch_size',
-    type=_positive_int,
+    type=positive_int,
     help='images per model call (default 4 segmentation, 64 ImageNet)',
   )
   parser.add_argument(
-    '--workers', type=_positive_int, default=8, help='threads reading images ahead of the model'
+    '--workers', type=positive_int, default=8, help='threads reading images ahead of the model'
   )
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='default float32')
+  parser.add_argument(
+    '--metrics',
+    help='segmentation: also these, comma-separated: ' + ', '.join(metrics.EXTRA_METRICS),
+  )
+  parser.add_argument(
+    '--grouping',
+    choices=nonparametric_grouping.METHODS,
+    help="segmentation with a ViT: group its patch embeddings this way (a GroupViT's groups "
+    'are its own)',
+  )
+  parser.add_argument(
+    '--num_groups',
+    type=positive_int,
+    default=8,
+    help='groups per image for --grouping kmeans or spectral (default 8)',
+  )
   args = parser.parse_args(argv)
   try:
     result = run(
@@ -168,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.batch_size,
       args.workers,
       args.dtype,
+      args.metrics,
+      args.grouping,
+      args.num_groups,
     )
   except (FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)

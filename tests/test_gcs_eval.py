@@ -15,6 +15,7 @@ from test_eval_datasets import _write as write_segmentation_split
 
 import groupvit_jax
 from groupvit_jax import evaluate, filesystem
+from groupvit_jax.command_line import json_ready
 from groupvit_jax.evaluators import datasets
 from groupvit_jax.weights import checkpoint, released
 
@@ -124,7 +125,7 @@ def test_evaluation_of_gs_data_writes_the_local_numbers_to_gs(gcs, saved, tmp_pa
   assert process.returncode == 0, process.stderr
   got = json.loads(filesystem.read_text(f'{url}/out/voc.json'))
   for key in ('miou', 'macc', 'aacc', 'per_class', 'per_class_acc', 'num_images'):
-    assert got[key] == evaluate._json_ready(want)[key], key
+    assert got[key] == json_ready(want)[key], key
   assert got['num_images'] == 3 and got['data_dir'] == f'{url}/data'
   assert filesystem.listdir(f'{url}/out/pred') == [f'{i}.png' for i in ids]
 

@@ -7,6 +7,7 @@
   coco_object  coco/{images/val2017/*.jpg, annotations/val2017/*_instanceTrainIds.png (0..80)}
                (evaluators/coco_object.py writes these masks from COCO's annotations)
   imagenet     val/<wordnet id>/*.JPEG, one folder per class (n01440764 ...): open_imagenet
+  folders      <split>/<class name>/*, any class-folder dataset: open_class_folders
 
 Those are the evaluation splits; `split='train'` reads the training split instead (train.txt,
 train2017, train/), for fine-tuning and linear probes.
@@ -259,12 +260,41 @@ def _in_parallel(function: Callable[[str], Any], items: list[str]) -> list:
   return list(prefetch(lambda i: function(items[i]), range(len(items)), _LISTING_WORKERS))
 
 
-def _class_folders(directory: str) -> list[str]:
+def _class_folders(directory: str, pattern: re.Pattern | None = None) -> list[str]:
+  """The sub-folders of `directory` (those whose name matches `pattern`), sorted."""
   if not filesystem.isdir(directory):
     return []
-  names = [n for n in filesystem.listdir(directory) if _WORDNET_ID.fullmatch(n)]
+  names = [n for n in filesystem.listdir(directory) if not pattern or pattern.fullmatch(n)]
   folders = _in_parallel(lambda n: filesystem.isdir(os.path.join(directory, n)), names)
-  return [n for n, is_folder in zip(names, folders) if is_folder]
+  return sorted(n for n, is_folder in zip(names, folders) if is_folder)
+
+
+def _class_folder_split(
+  name: str, root: str, folders: list[str], class_names: tuple[str, ...]
+) -> ClassificationDataset:
+  """The images of root/<folder>/, labelled by the folder's position in `folders`."""
+  listings = _in_parallel(lambda folder: filesystem.listdir(os.path.join(root, folder)), folders)
+  images, labels = [], []
+  for label, (folder, listing) in enumerate(zip(folders, listings)):
+    names = [n for n in listing if n.lower().endswith(IMAGE_SUFFIXES)]
+    if not names:
+      raise LayoutError(f'{name}: class folder {os.path.join(root, folder)} has no images')
+    images += [os.path.join(root, folder, n) for n in names]
+    labels += [label] * len(names)
+  return ClassificationDataset(name, root, tuple(images), tuple(labels), class_names)
+
+
+def open_class_folders(data_dir: str, split: str = 'val') -> ClassificationDataset:
+  """Any class-folder dataset, data_dir/<split>/<class name>/<images>: classes in sorted
+  folder order, named by their folders. A LayoutError names what is missing."""
+  root = os.path.join(data_dir, split)
+  folders = _class_folders(root)
+  if not folders:
+    raise LayoutError(
+      f'folders: no class folders in {root}; expected {split}/<class name>/<images> under '
+      f'{data_dir}'
+    )
+  return _class_folder_split('folders', root, folders, tuple(folders))
 
 
 def open_imagenet(data_dir: str, split: str = 'val') -> ClassificationDataset:
@@ -273,7 +303,7 @@ def open_imagenet(data_dir: str, split: str = 'val') -> ClassificationDataset:
   order, which is the order of IMAGENET_CLASSES. A LayoutError names what is missing."""
   candidates = [data_dir, os.path.join(data_dir, split), os.path.join(data_dir, 'imagenet', split)]
   for root in candidates:
-    folders = _class_folders(root)
+    folders = _class_folders(root, _WORDNET_ID)
     if folders:
       break
   else:
@@ -286,15 +316,7 @@ def open_imagenet(data_dir: str, split: str = 'val') -> ClassificationDataset:
       f'imagenet: {root} has {len(folders)} class folders, expected {len(IMAGENET_CLASSES)} '
       f'(first: {folders[0]}, last: {folders[-1]}); the split is incomplete'
     )
-  listings = _in_parallel(lambda folder: filesystem.listdir(os.path.join(root, folder)), folders)
-  images, labels = [], []
-  for label, (folder, listing) in enumerate(zip(folders, listings)):
-    names = [n for n in listing if n.lower().endswith(IMAGE_SUFFIXES)]
-    if not names:
-      raise LayoutError(f'imagenet: class folder {os.path.join(root, folder)} has no images')
-    images += [os.path.join(root, folder, n) for n in names]
-    labels += [label] * len(names)
-  return ClassificationDataset('imagenet', root, tuple(images), tuple(labels), IMAGENET_CLASSES)
+  return _class_folder_split('imagenet', root, folders, IMAGENET_CLASSES)
 
 
 def subset(num_examples: int, max_examples: int | None) -> list[int]:

@@ -65,8 +65,10 @@ def save(
   variables: Mapping[str, Any],
   metadata: Mapping[str, Any] | None = None,
   overwrite: bool = False,
+  file_format: str = FORMAT,
 ) -> None:
-  """Writes a checkpoint that no reader takes for complete before it is.
+  """Writes a checkpoint that no reader takes for complete before it is. `file_format` names
+  what the variables are the variables of (config.json's "format"), for models built on ours.
 
   A local one is written into a temporary sibling, renamed into place at the end. Object
   stores have no cheap renames: there the old checkpoint (with `overwrite`) is removed, its
@@ -75,7 +77,7 @@ def save(
   directory = filesystem.abspath(directory)
   if filesystem.exists(directory) and not overwrite:
     raise FileExistsError(f'{directory} already exists; choose another output or overwrite it')
-  config = {'format': FORMAT, 'version': 1, 'model': _jsonable(model_config)}
+  config = {'format': file_format, 'version': 1, 'model': _jsonable(model_config)}
   config_text = json.dumps({**config, **dict(metadata or {})}, indent=2)
   if filesystem.is_url(directory):
     _remove_remote(directory)
@@ -138,11 +140,15 @@ def load(directory: str) -> tuple[dict, dict]:
       f'{directory} is not a groupvit_jax checkpoint (no {CONFIG_FILE} with "format": "{FORMAT}")'
     )
   model_config = config['model']
-  target = variable_shapes(build_model(model_config))
-  variables = _checkpointer().restore(
+  return model_config, restore_variables(directory, variable_shapes(build_model(model_config)))
+
+
+def restore_variables(directory: str, target: Any) -> dict:
+  """The variables of the checkpoint in `directory`, in the shapes of `target` (a pytree of
+  ShapeDtypeStructs)."""
+  return _checkpointer().restore(
     filesystem.join(filesystem.abspath(directory), VARIABLES_DIR), target
   )
-  return model_config, variables
 
 
 def _jsonable(tree):
