@@ -1,4 +1,5 @@
-"""Pictures of segmentations and groups: label maps to colours, and captioned panels as PNG."""
+"""Pictures of segmentations and groups: label maps to colours, highlighted regions, and
+captioned panels and grids as PNG."""
 
 import os
 from typing import Sequence
@@ -78,3 +79,63 @@ def save_png(path: str, image: np.ndarray) -> None:
   image_format = Image.registered_extensions().get(extension, 'PNG')
   with filesystem.open(path, 'wb') as f:
     Image.fromarray(np.asarray(image, np.uint8)).save(f, format=image_format)
+
+
+def highlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.3) -> np.ndarray:
+  """uint8 `image` [H, W, 3] with the pixels of bool `mask` [H, W] as they are and every other
+  pixel dimmed to `dim` of its brightness."""
+  image = np.asarray(image, np.uint8)
+  dimmed = np.round(image.astype(np.float32) * dim).astype(np.uint8)
+  return np.where(np.asarray(mask, bool)[..., None], image, dimmed)
+
+
+def letterbox(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 `image` [H, W, 3] scaled to fit a `size` x `size` square, its aspect ratio kept,
+  centred on white: uint8 [size, size, 3]."""
+  h, w = image.shape[:2]
+  scale = size / max(h, w)
+  fitted_w, fitted_h = max(round(w * scale), 1), max(round(h * scale), 1)
+  fitted = Image.fromarray(np.asarray(image, np.uint8)).resize((fitted_w, fitted_h), Image.BICUBIC)
+  square = Image.new('RGB', (size, size), (255, 255, 255))
+  square.paste(fitted, ((size - fitted_w) // 2, (size - fitted_h) // 2))
+  return np.asarray(square)
+
+
+def _fitted_text(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> str:
+  """`text`, cut short with '..' if it is wider than `width` pixels."""
+  if draw.textlength(text, font=font) <= width:
+    return text
+  while text and draw.textlength(text + '..', font=font) > width:
+    text = text[:-1]
+  return text + '..'
+
+
+def titled_grid(
+  rows: Sequence[Sequence[np.ndarray]],
+  row_titles: Sequence[str],
+  captions: Sequence[Sequence[str]],
+  tile_hw: tuple[int, int],
+) -> np.ndarray:
+  """Tiles (uint8 [h, w, 3] with (h, w) = `tile_hw`) in rows, each row's title (one or more
+  lines) at its left and a one-line caption under each tile (cut short to the tile's width).
+  Rows may hold fewer tiles than others; their remaining places stay white. -> uint8 [H', W', 3]."""
+  tile_h, tile_w = tile_hw
+  gap, caption_h = 4, 14
+  font = ImageFont.load_default()
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  title_w = max(measure.multiline_textbbox((0, 0), title, font=font)[2] for title in row_titles)
+  columns = max(max(len(row) for row in rows), 1)
+  left, cell_h = gap + title_w + 2 * gap, tile_h + caption_h + gap
+  width = left + columns * (tile_w + gap)
+  height = gap + len(rows) * cell_h
+  canvas = Image.new('RGB', (width, height), (255, 255, 255))
+  draw = ImageDraw.Draw(canvas)
+  for r, (row, title, row_captions) in enumerate(zip(rows, row_titles, captions)):
+    top = gap + r * cell_h
+    draw.multiline_text((gap, top + 2), title, fill=(0, 0, 0), font=font)
+    for c, (tile, caption) in enumerate(zip(row, row_captions)):
+      x = left + c * (tile_w + gap)
+      canvas.paste(Image.fromarray(np.asarray(tile, np.uint8)), (x, top))
+      text = _fitted_text(draw, caption, tile_w, font)
+      draw.text((x, top + tile_h + 1), text, fill=(0, 0, 0), font=font)
+  return np.asarray(canvas)
