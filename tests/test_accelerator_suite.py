@@ -37,6 +37,7 @@ def tiny_run(tmp_path_factory):
     return json.load(f), proc.stdout
 
 
+@pytest.mark.slow  # the tiny suite run takes 101 s in CI
 def test_report_names_the_device_and_versions(tiny_run):
   report, _ = tiny_run
   assert report['device_kind'] == 'cpu'
@@ -48,6 +49,7 @@ def test_report_names_the_device_and_versions(tiny_run):
   assert report['mode'] == 'tiny' and report['total_s'] > 0
 
 
+@pytest.mark.slow  # the tiny suite run takes 101 s in CI
 def test_every_case_ran(tiny_run):
   report, _ = tiny_run
   cases = report['cases']
@@ -82,6 +84,7 @@ def test_every_case_ran(tiny_run):
     }
 
 
+@pytest.mark.slow  # the tiny suite run takes 101 s in CI
 def test_peer_and_segmentation_ratios(tiny_run):
   report, _ = tiny_run
   peer = report['cases']['peer/16']
@@ -96,6 +99,7 @@ def test_peer_and_segmentation_ratios(tiny_run):
   )
 
 
+@pytest.mark.slow  # the tiny suite run takes 101 s in CI
 def test_table_is_printed(tiny_run):
   report, stdout = tiny_run
   lines = stdout.splitlines()

@@ -9,6 +9,7 @@ import re
 import uuid
 
 import numpy as np
+import pytest
 
 import groupvit_jax
 from groupvit_jax import filesystem
@@ -20,6 +21,7 @@ from tests.test_metric_writers import tensorboard_scalars
 DETERMINISTIC_KEYS = ('loss', 'loss_image_text', 'loss_multi_label', 'grad_norm', 'lr')
 
 
+@pytest.mark.slow  # 124 s in CI; test_trainer kills and resumes locally in the default set
 def test_a_run_on_gs_is_killed_and_resumes_exactly(gcs, tmp_path, compile_cache):
   root = gcs.url(f'train/{uuid.uuid4().hex}')
   for path in fx.write_good_shards(str(tmp_path / 'shards'), 4, 6):

@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests import cli
 from tests import shard_fixtures as fx
 
@@ -78,6 +80,7 @@ def test_unreadable_data_stops_with_a_clear_error(tmp_path):
   assert last.startswith('error: ') and 'unreadable_shard' in last, last
 
 
+@pytest.mark.slow  # 108 s in CI
 def test_a_killed_worker_ends_the_run_with_a_message_and_the_rerun_resumes(tmp_path):
   fx.write_good_shards(str(tmp_path / 'shards'), 4, 25)
   workdir = str(tmp_path / 'run')

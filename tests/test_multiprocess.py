@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from groupvit_jax.weights import checkpoint
 from tests import cli
@@ -76,6 +77,7 @@ def _wait_for_log(pair: ProcessPair, text: str, timeout: float = 400) -> None:
   cli.wait_for(lambda: text in pair.log(0), pair.processes[0], timeout)
 
 
+@pytest.mark.slow  # 235 s in CI; test_launch keeps a two-process run in the default set
 def test_two_processes_train_as_one_survive_kill_9_and_save_one_step_on_sigterm(
   tmp_path, compile_cache
 ):
@@ -175,6 +177,7 @@ def _opened_shards(directory) -> list[list[tuple[str, int]]]:
   return opened
 
 
+@pytest.mark.slow  # 171 s in CI
 def test_web_data_processes_read_disjoint_shards_and_resume_their_own_place(
   tmp_path, compile_cache
 ):

@@ -127,6 +127,7 @@ def test_a_run_without_a_length_names_the_keys_and_leaves_the_workdir_alone(tmp_
     steps.run_steps(released(8, num_train_examples=24, epochs=2.0))
 
 
+@pytest.mark.slow  # 56 s in CI; the unit tests above check the arithmetic
 def test_the_command_line_trains_the_epochs_of_the_batch_it_is_given(tmp_path):
   fx.write_good_shards(str(tmp_path / 'shards'), 2, 12)
   workdir = tmp_path / 'run'
