@@ -197,6 +197,9 @@ class SyntheticConfig:
   # from the few tens of thousands of samples a laptop CPU sees in minutes; otherwise colours
   # are random and only the outline tells the class.
   shape_colours: bool = False
+  # Whether shapes may be striped, dotted or checkered (else all plain). Textures split a shape
+  # into two colours, which a grouping must learn to join.
+  textures: bool = True
 
   def __post_init__(self):
     if not isinstance(self.image_size, int) or self.image_size < _MIN_IMAGE_SIZE:
@@ -518,7 +521,7 @@ def _draw_objects(config: SyntheticConfig, background: Background, rng):
     for shape in shapes:
       u = rng.random(5).tolist()
       colour = SHAPE_COLOURS[shape] if config.shape_colours else palette[int(u[0] * len(palette))]
-      texture = TEXTURES[_pick(u[1], _TEXTURE_CDF)]
+      texture = TEXTURES[_pick(u[1], _TEXTURE_CDF)] if config.textures else 'plain'
       rgb = _jitter(COLOURS[colour], u[2:5])
       for attempt in range(_PLACEMENT_TRIES):
         u = rng.random(5).tolist()

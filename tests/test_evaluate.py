@@ -334,6 +334,22 @@ def test_synthetic_evaluator_reports_the_oracle_miou_of_the_final_groups(tiny):
   assert scores['oracle_miou'] == pytest.approx(want) and 0 <= scores['miou'] <= 1
 
 
+def test_synthetic_evaluator_draws_its_scenes_from_the_world_its_config_names():
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+
+  world = dict(
+    min_objects=2, max_objects=2, min_area=0.1, max_area=0.3, min_visible=0.08,
+    shape_colours=True, textures=False,
+  )
+  evaluator = evaluators.create(
+    {'synthetic': dict(type='synthetic_segmentation', image_size=48, num_examples=40, **world)}
+  )['synthetic']
+  want = synthetic.batch(synthetic.SyntheticConfig(image_size=48, **world), 'heldout', range(40))
+  np.testing.assert_array_equal(evaluator.images, want['image'])
+  np.testing.assert_array_equal(evaluator.masks, want['mask'])
+  assert all(len(np.unique(m)) == 3 for m in evaluator.masks)  # background and two shapes
+
+
 @pytest.mark.slow
 def test_trainer_runs_the_dataset_evaluators_periodically(voc, tmp_path):
   import tiny_train_config  # pylint: disable=g-import-not-at-top

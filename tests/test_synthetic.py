@@ -165,6 +165,23 @@ def test_shape_colours_give_each_shape_its_colour_on_neutral_backgrounds():
   assert any(o.colour != synthetic.SHAPE_COLOURS[o.shape] for s in default for o in s.objects)
 
 
+def test_without_textures_every_shape_is_plain_and_the_rest_of_the_scene_is_unchanged(train):
+  config = synthetic.SyntheticConfig(textures=False)
+  textured = 0
+  for i, s in enumerate(train[:500]):
+    plain = synthetic.sample(config, 'train', i)
+    assert all(o.texture == 'plain' for o in plain.objects)
+    # Textures are one draw of the scene's stream: the same shapes, places and colours.
+    assert [(o.shape, o.centre, o.radius, o.rgb) for o in plain.objects] == [
+      (o.shape, o.centre, o.radius, o.rgb) for o in s.objects
+    ]
+    textured += any(o.texture != 'plain' for o in s.objects)
+    # A plain shape is one colour: each label's pixels hold its shape's colour only.
+    for o in plain.objects:
+      assert (plain.image[plain.mask == o.label] == o.rgb).all()
+  assert textured > 200  # the default does texture shapes
+
+
 def test_render_reproduces_a_sample_from_its_scene(train):
   for s in train[:100]:
     image, mask = synthetic.render(s.objects, s.background, CONFIG.image_size)

@@ -13,10 +13,17 @@ from groupvit_jax import segmentation, visualize
 from groupvit_jax.evaluators import group_metrics, metrics, zero_shot_segmentation
 from input_pipeline import synthetic
 
+_SCENE = synthetic.SyntheticConfig  # its class attributes are the scene defaults
+
 
 class SyntheticSegmentation:
   """mIoU over the first `num_examples` held-out scenes, which are made once and kept, and
-  (for a model with groups) the oracle mIoU of its final groups at the scenes' own size."""
+  (for a model with groups) the oracle mIoU of its final groups at the scenes' own size.
+
+  The scene keys (min_objects ... textures) are input_pipeline.synthetic.SyntheticConfig's, with
+  its defaults: a config gives the training data's values, so the held-out scenes come from the
+  same world.
+  """
 
   def __init__(
     self,
@@ -24,13 +31,26 @@ class SyntheticSegmentation:
     num_examples: int = 500,
     background_threshold: float = 0.5,
     seed: int = 0,
-    max_objects: int = 3,
-    shape_colours: bool = False,
+    min_objects: int = _SCENE.min_objects,
+    max_objects: int = _SCENE.max_objects,
+    min_area: float = _SCENE.min_area,
+    max_area: float = _SCENE.max_area,
+    min_visible: float = _SCENE.min_visible,
+    shape_colours: bool = _SCENE.shape_colours,
+    textures: bool = _SCENE.textures,
     batch_size: int = 64,
     num_pictures: int = 8,
   ):
     config = synthetic.SyntheticConfig(
-      image_size=image_size, max_objects=max_objects, shape_colours=shape_colours, seed=seed
+      image_size=image_size,
+      min_objects=min_objects,
+      max_objects=max_objects,
+      min_area=min_area,
+      max_area=max_area,
+      min_visible=min_visible,
+      shape_colours=shape_colours,
+      textures=textures,
+      seed=seed,
     )
     data = synthetic.batch(config, 'heldout', range(num_examples))
     self.images, self.masks = data['image'], data['mask']
