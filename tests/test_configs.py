@@ -78,7 +78,7 @@ def test_synthetic_tiny_keeps_its_explicit_steps_and_rates():
 
   config = synthetic_tiny.get_config()
   config_checks.check(config)
-  assert steps.run_steps(config) == steps.RunSteps(500, 25, 0, None)
+  assert steps.run_steps(config) == steps.RunSteps(800, 25, 0, None)
   assert optimizer.scaled_rates(config.optimizer, config.batch_size) == dict(
     lr=3e-3, warmup_lr=1e-5, min_lr=1e-5
   )

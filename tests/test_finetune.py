@@ -253,8 +253,8 @@ def test_finetune_vit_beats_the_most_frequent_label(scenes, tmp_path, capsys):
 @pytest.mark.slow
 def test_finetune_groupvit_beats_the_most_frequent_label(scenes, tmp_path):
   data_dir, masks = scenes
-  # One grouping stage with assignment logits x10 (as configs/synthetic_tiny.py): at scale 1 a
-  # random tower's assignments drown in the Gumbel noise and 300 steps barely move it.
+  # One grouping stage with assignment logits x10 (configs/synthetic_tiny.py uses x30): at
+  # scale 1 a random tower's assignments drown in the Gumbel noise and 300 steps barely move it.
   vision = dict(
     GROUPVIT, depths=(1, 1), num_group_tokens=(8, 0), num_output_groups=(8,), assign_scale=10.0
   )

@@ -43,19 +43,21 @@ def test_main_on_the_embedded_default_finishes_in_time_with_its_outputs(run):
   assert elapsed < TIME_LIMIT_S, elapsed
   rows = [json.loads(line) for line in open(workdir / METRICS_FILE)]
   train_rows = [r for r in rows if 'loss' in r]
-  assert [r['step'] for r in train_rows] == list(range(25, 501, 25))
+  assert [r['step'] for r in train_rows] == list(range(25, 801, 25))
   assert all(key in train_rows[-1] for key in TRAIN_KEYS)
   assert train_rows[-1]['loss'] < train_rows[0]['loss']
   (evaluation,) = [r for r in rows if 'synthetic_miou' in r]
-  assert evaluation['step'] == 500 and 0.0 <= evaluation['synthetic_miou'] <= 1.0
-  assert os.path.getsize(workdir / 'pictures/synthetic/step_500/segmentation.png') > 0
+  assert evaluation['step'] == 800 and 0.0 <= evaluation['synthetic_miou'] <= 1.0
+  assert os.path.getsize(workdir / 'pictures/synthetic/step_800/segmentation.png') > 0
   assert (workdir / 'model/config.json').exists() and (workdir / 'config.json').exists()
   assert os.listdir(workdir / 'tensorboard')
   assert 'ETA' in result.stderr
 
 
-# README, Embedded default: the mIoU this run reaches on the project's 2-core CPU.
-DOCUMENTED_MIOU = 0.148
+# README, Embedded default: the lowest zero-shot and oracle mIoU over seeds 0-3 on the project's
+# 2-core CPU. The test's seed (0) is one of them; the margins cover float differences between
+# CPUs, which change a run's path.
+LOWEST_MIOU, LOWEST_ORACLE_MIOU = 0.088, 0.307
 
 
 @pytest.mark.slow
@@ -65,5 +67,6 @@ def test_segmentation_emerges_beyond_the_most_frequent_label(run):
   rows = [json.loads(line) for line in open(workdir / METRICS_FILE)]
   (evaluation,) = [r for r in rows if 'synthetic_miou' in r]
   baseline = evaluation['synthetic_most_frequent_label_miou']
-  assert abs(baseline - 0.0867) < 1e-3  # every pixel background, on the same 500 scenes
-  assert evaluation['synthetic_miou'] > DOCUMENTED_MIOU - 0.03
+  assert abs(baseline - 0.0833) < 1e-3  # every pixel background, on the same 500 scenes
+  assert evaluation['synthetic_miou'] > max(LOWEST_MIOU - 0.03, baseline)
+  assert evaluation['synthetic_oracle_miou'] > LOWEST_ORACLE_MIOU - 0.05
