@@ -338,8 +338,13 @@ def test_synthetic_evaluator_draws_its_scenes_from_the_world_its_config_names():
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
 
   world = dict(
-    min_objects=2, max_objects=2, min_area=0.1, max_area=0.3, min_visible=0.08,
-    shape_colours=True, textures=False,
+    min_objects=2,
+    max_objects=2,
+    min_area=0.1,
+    max_area=0.3,
+    min_visible=0.08,
+    shape_colours=True,
+    textures=False,
   )
   evaluator = evaluators.create(
     {'synthetic': dict(type='synthetic_segmentation', image_size=48, num_examples=40, **world)}

@@ -23,8 +23,9 @@ def _called_from_train() -> bool:
 def test_the_loop_reads_the_devices_only_at_log_steps(tmp_path, monkeypatch):
   config = tiny_train_config.get_config()
   config.log_every_steps, config.checkpoint_every_steps, config.total_steps = 4, 8, 8
-  # The tiny captions end within 20-29 tokens of 32: cut to 24 or 32 (and the step compiled
-  # for both).
+  # Captions with colours, textures and backgrounds end within 20-29 tokens of 32: cut to 24
+  # or 32 (and the step compiled for both).
+  config.data.caption_attributes, config.data.textures, config.data.min_area = True, True, 0.05
   config.text_length_multiple = 8
 
   dispatched, lengths = [], []  # the metrics and text length of each step, in order
