@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
 from test_boundary_miou import reference_miou as boundary_reference_miou
 from test_eval_datasets import _write as write_segmentation_split
 
@@ -283,10 +284,13 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
   state = types.SimpleNamespace(
     params=model.variables['params'], batch_stats=model.variables['batch_stats']
   )
-  logged = {}
-  writer = types.SimpleNamespace(write_scalars=lambda step, scalars: logged.update(scalars))
+  logged, images = {}, {}
+  writer = types.SimpleNamespace(
+    write_scalars=lambda step, scalars: logged.update(scalars),
+    write_images=lambda step, pictures: images.update({(step, k): v for k, v in pictures.items()}),
+  )
   evaluate = train.PeriodicEvaluation(evals, model.config)
-  evaluate(state, 7, writer, str(tmp_path), pictures=True)
+  evaluate(state, 7, writer, str(tmp_path))
   assert {'voc_miou', 'voc_macc', 'voc_aacc', 'voc_iou_monitor'} <= set(logged)
   assert 0 <= logged['voc_miou'] <= 1
   for key in ('voc_boundary_miou', 'voc_oracle_miou', 'voc_mask_probing_jaccard'):
@@ -294,6 +298,10 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
   assert logged['voc_mask_probing_images'] == 2
   pictures = tmp_path / 'pictures' / 'voc' / 'step_7'
   assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
+  # The same picture goes to TensorBoard, as a batch of one.
+  assert list(images) == [(7, 'voc/2007_000033')]
+  with Image.open(pictures / '2007_000033.png') as png:
+    np.testing.assert_array_equal(images[7, 'voc/2007_000033'], np.asarray(png)[None])
 
   # The next evaluation, on other weights of the same shapes, compiles nothing.
   state = types.SimpleNamespace(
@@ -308,7 +316,7 @@ def test_trainer_evaluation_runs_the_plug_ins_and_writes_pictures(tiny, voc, tmp
 
   jax.monitoring.register_event_duration_secs_listener(count)
   try:
-    evaluate(state, 8, writer, str(tmp_path), pictures=False)
+    evaluate(state, 8, writer, str(tmp_path))
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
   assert not compiles, f'{len(compiles)} compilations in the second evaluation'
@@ -376,8 +384,13 @@ def test_trainer_runs_the_dataset_evaluators_periodically(voc, tmp_path):
   evaluated = [row['step'] for row in rows if 'voc_miou' in row]
   assert evaluated == [1, 2]
   assert all(0 <= row['voc_miou'] <= 1 for row in rows if 'voc_miou' in row)
-  pictures = tmp_path / 'pictures' / 'voc' / 'step_2'
-  assert [p.name for p in pictures.iterdir()] == ['2007_000033.png']
+  # Pictures at every evaluation: PNGs in pictures/ and images in TensorBoard.
+  pictures = tmp_path / 'pictures' / 'voc'
+  assert sorted(p.name for p in pictures.iterdir()) == ['step_1', 'step_2']
+  assert [p.name for p in (pictures / 'step_2').iterdir()] == ['2007_000033.png']
+  loader = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  loader.Reload()
+  assert [e.step for e in loader.Images('voc/2007_000033')] == [1, 2]
 
 
 def test_demo_writes_the_picture_and_rejects_bad_input(tiny, tmp_path):

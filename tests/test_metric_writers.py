@@ -1,10 +1,13 @@
 """metrics.jsonl rows, their clean-up on resume, TensorBoard event files (read back by
 TensorBoard's own loader), the progress line and the picture helpers."""
 
+import io
 import json
 import os
 
 import numpy as np
+import pytest
+from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
 from groupvit_jax import progress, visualize
@@ -51,6 +54,53 @@ def test_tensorboard_reads_the_event_files_and_they_roll_over(tmp_path, monkeypa
   assert [step for step, _ in scalars['loss']] == list(range(1, 101))
   np.testing.assert_allclose([v for _, v in scalars['loss']], 1 / np.arange(1, 101), rtol=1e-6)
   np.testing.assert_allclose(scalars['lr'][-1][1], 1e-2, rtol=1e-6)
+
+
+def test_tensorboard_shows_the_images_beside_the_scalars(tmp_path):
+  workdir = str(tmp_path)
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (2, 20, 30, 3), np.uint8)
+  grey = rng.integers(0, 256, (1, 16, 8, 1), np.uint8)
+  writer = metric_writers.create_writer(workdir)  # the trainer's writer: async, both files
+  writer.write_scalars(5, {'synthetic_miou': 0.25})
+  writer.write_images(5, {'synthetic/segmentation': rgb, 'voc/2007_000033': grey})
+  writer.write_images(9, {'synthetic/segmentation': rgb[:1]})
+  writer.close()
+  loader = event_accumulator.EventAccumulator(
+    os.path.join(workdir, metric_writers.TENSORBOARD_DIR), size_guidance={'images': 0}
+  )
+  loader.Reload()
+  tags = loader.Tags()
+  assert tags['scalars'] == ['synthetic_miou']
+  want = ['synthetic/segmentation', 'synthetic/segmentation/0', 'synthetic/segmentation/1']
+  assert sorted(tags['images']) == sorted(want + ['voc/2007_000033'])
+
+  def decoded(tag):
+    return [
+      (e.step, e.width, e.height, np.asarray(Image.open(io.BytesIO(e.encoded_image_string))))
+      for e in loader.Images(tag)
+    ]
+
+  for i in range(2):
+    [(step, width, height, pixels)] = decoded(f'synthetic/segmentation/{i}')
+    assert (step, width, height) == (5, 30, 20)
+    np.testing.assert_array_equal(pixels, rgb[i])
+  [(step, _, _, pixels)] = decoded('synthetic/segmentation')
+  assert step == 9
+  np.testing.assert_array_equal(pixels, rgb[0])
+  [(_, _, _, pixels)] = decoded('voc/2007_000033')
+  np.testing.assert_array_equal(pixels, grey[0, ..., 0])
+  # Images are not metrics: metrics.jsonl holds the scalars only.
+  rows = [json.loads(line) for line in open(os.path.join(workdir, metric_writers.METRICS_FILE))]
+  assert rows == [{'step': 5, 'synthetic_miou': 0.25}]
+
+
+def test_an_image_summary_of_the_wrong_shape_is_refused(tmp_path):
+  writer = metric_writers.EventFileWriter(str(tmp_path))
+  with pytest.raises(ValueError, match=r"'pictures/a'.*\(20, 30, 3\)"):
+    writer.write_images(1, {'pictures/a': np.zeros((20, 30, 3), np.uint8)})
+  with pytest.raises(ValueError, match='C 1, 3 or 4'):
+    writer.write_images(1, {'pictures/a': np.zeros((1, 20, 30, 2), np.uint8)})
 
 
 def test_progress_line_has_rate_and_eta():

@@ -1,7 +1,8 @@
 """Evaluators: plug-ins the trainer runs every `eval_every_steps` and at the end.
 
 An evaluator is built from one entry of `config.evals` (name -> settings with a 'type') and
-has `run(inference) -> {metric: float}` and `write_pictures(inference, directory)`.
+has `run(inference) -> {metric: float}` and `pictures(inference) -> {name: uint8 [H, W, 3]}`
+(what the trainer writes to pictures/ and TensorBoard).
 """
 
 import importlib

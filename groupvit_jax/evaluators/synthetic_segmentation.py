@@ -5,8 +5,6 @@ smaller than its 448 window: "a photo of a {class}." embeddings of the eight sha
 group-to-class scores, and a background threshold for class 0.
 """
 
-import os
-
 import numpy as np
 
 from groupvit_jax import segmentation, visualize
@@ -83,9 +81,9 @@ class SyntheticSegmentation:
     scores['most_frequent_label_miou'] = self.baseline_miou
     return scores
 
-  def write_pictures(self, inference, directory: str) -> None:
-    """segmentation.png: per scene the image, true and predicted labels, and each stage's
-    groups."""
+  def pictures(self, inference) -> dict[str, np.ndarray]:
+    """{'segmentation': uint8 [H, W, 3]}: per scene the image, true and predicted labels, and
+    each stage's groups."""
     images, masks = self.images[: self.num_pictures], self.masks[: self.num_pictures]
     size = images.shape[1]
     segmenter = segmentation.Segmenter(
@@ -110,5 +108,5 @@ class SyntheticSegmentation:
     ]
     titles = ['image', 'truth', 'zero-shot'] + [f'stage {i + 1} groups' for i in range(len(stages))]
     legend = list(zip(synthetic.CLASS_NAMES, class_colours))
-    picture = visualize.panel(rows, titles, scale=max(1, 128 // images.shape[1]), legend=legend)
-    visualize.save_png(os.path.join(directory, 'segmentation.png'), picture)
+    scale = max(1, 128 // images.shape[1])
+    return {'segmentation': visualize.panel(rows, titles, scale=scale, legend=legend)}

@@ -2,7 +2,6 @@
 (the released protocol), scored with mmseg's metrics over the whole split, and optionally
 with the metrics of metrics.EXTRA_METRICS (boundary mIoU, oracle mIoU, mask probing)."""
 
-import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -229,10 +228,12 @@ class ZeroShotSegmentation:
     scores.update({f'iou_{name}': v for name, v in result['per_class'].items()})
     return scores
 
-  def write_pictures(self, inference, directory: str) -> None:
-    """<id>.png per picture: the image, true and predicted labels, and each stage's groups."""
+  def pictures(self, inference) -> dict[str, np.ndarray]:
+    """{image id: uint8 [H, W, 3]} for the first `num_pictures` images: the image, true and
+    predicted labels, and each stage's groups."""
     segmenter = self.segmenter(inference)
     colours = visualize.label_colours(256)
+    pictures = {}
     for image, mask, key in self._examples(self.indices[: self.num_pictures]):
       groups = inference.group_maps(image, self.protocol['short_side'])
       row = [
@@ -242,6 +243,5 @@ class ZeroShotSegmentation:
         *visualize.group_overlays(image, groups),
       ]
       titles = ['image', 'truth', 'zero-shot'] + [f'stage {i + 1}' for i in range(len(groups))]
-      visualize.save_png(
-        os.path.join(directory, f'{key.replace("/", "_")}.png'), visualize.panel([row], titles)
-      )
+      pictures[key.replace('/', '_')] = visualize.panel([row], titles)
+    return pictures

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from clu import metric_writers
+from PIL import Image
 
 from groupvit_jax import filesystem
 
@@ -29,8 +30,8 @@ TENSORBOARD_DIR = 'tensorboard'
 EVENT_FILE_BYTES = 4 << 20
 
 
-class _ScalarsOnly(metric_writers.MetricWriter):
-  """A MetricWriter that keeps scalars and drops every other kind of summary."""
+class _DropsOtherSummaries(metric_writers.MetricWriter):
+  """A MetricWriter whose summaries other than those a subclass writes are dropped."""
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -54,7 +55,7 @@ class _ScalarsOnly(metric_writers.MetricWriter):
     pass
 
 
-class JsonlWriter(_ScalarsOnly):
+class JsonlWriter(_DropsOtherSummaries):
   """Appends scalars as JSON lines to `path` (local or a URL), written whole at each write.
 
   With `resume_step`, lines of steps after it (logged by a run that stopped before its next
@@ -83,9 +84,9 @@ class JsonlWriter(_ScalarsOnly):
     pass
 
 
-class EventFileWriter(_ScalarsOnly):
-  """Scalars as TensorBoard event files in `directory` (local or a URL), written with
-  TensorBoard's record format; no TensorFlow file system involved."""
+class EventFileWriter(_DropsOtherSummaries):
+  """Scalars and images as TensorBoard event files in `directory` (local or a URL), written
+  with TensorBoard's record format; no TensorFlow file system involved."""
 
   def __init__(self, directory: str):
     # TensorBoard's protobufs and record framing, loaded with the writer (not TensorFlow).
@@ -112,19 +113,42 @@ class EventFileWriter(_ScalarsOnly):
     self._records.write(event.SerializeToString())
     self._dirty = True
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+  def _write_summary(self, step: int, values: list) -> None:
+    """One event of summary `values` at `step`, written out at once."""
     if self._path is None or self._buffer.tell() > EVENT_FILE_BYTES:
       self.flush()
       self._start_file()
-    values = [
-      self._summary_pb2.Summary.Value(tag=k, simple_value=float(np.asarray(v)))
-      for k, v in scalars.items()
-    ]
     event = self._event_pb2.Event(
       wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)
     )
     self._write_event(event)
     self.flush()
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    Value = self._summary_pb2.Summary.Value
+    self._write_summary(
+      step, [Value(tag=k, simple_value=float(np.asarray(v))) for k, v in scalars.items()]
+    )
+
+  def write_images(self, step: int, images: Mapping[str, Any]):
+    """images: tag -> uint8 [N, H, W, C] (C = 1, 3 or 4), as CLU's writers take them; each
+    image a PNG in the event, tagged `tag` (N = 1) or `tag/i`."""
+    summary = self._summary_pb2.Summary
+    values = []
+    for tag, batch in images.items():
+      batch = np.asarray(batch, np.uint8)
+      if batch.ndim != 4 or batch.shape[-1] not in (1, 3, 4):
+        raise ValueError(f'image {tag!r}: expected [N, H, W, C], C 1, 3 or 4; got {batch.shape}')
+      for i, image in enumerate(batch):
+        png = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(png, format='PNG')
+        height, width, channels = image.shape
+        encoded = summary.Image(
+          height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue()
+        )
+        values.append(summary.Value(tag=tag if len(batch) == 1 else f'{tag}/{i}', image=encoded))
+    if values:
+      self._write_summary(step, values)
 
   def flush(self):
     if self._dirty:

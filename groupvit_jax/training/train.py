@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from groupvit_jax import evaluators, filesystem, progress
+from groupvit_jax import evaluators, filesystem, progress, visualize
 from groupvit_jax.evaluators import common
 from groupvit_jax.image_ops import normalize_images
 from groupvit_jax.inference import GroupViTInference
@@ -319,16 +319,18 @@ def _host_variables(state: TrainState) -> dict:
 
 
 class PeriodicEvaluation:
-  """Runs every evaluator of `config.evals` on the current weights and logs their metrics
-  (and pictures). The inference model is built at the first evaluation and then only given
-  new weights, so its compiled encoders and the protocol's jitted steps serve the whole run."""
+  """Runs every evaluator of `config.evals` on the current weights and logs their metrics and
+  pictures: WORKDIR/pictures/<evaluator>/step_<N>/<name>.png and, beside the scalars,
+  TensorBoard images tagged <evaluator>/<name>. The inference model is built at the first
+  evaluation and then only given new weights, so its compiled encoders and the protocol's
+  jitted steps serve the whole run."""
 
   def __init__(self, evals: dict, model_config):
     self.evals = evals
     self.model_config = model_config
     self.inference = None
 
-  def __call__(self, state, step: int, writer, workdir: str, pictures: bool) -> None:
+  def __call__(self, state, step: int, writer, workdir: str) -> None:
     if not self.evals:
       return
     # Evaluators run per process, each on its share of the split, with a full copy.
@@ -348,10 +350,14 @@ class PeriodicEvaluation:
         ', '.join(f'{k} {v:.4f}' for k, v in results.items() if k in ('miou', 'top1')),
         time.time() - start,
       )
-      if pictures and jax.process_index() == 0:
+      if jax.process_index() == 0:
+        pictures = evaluator.pictures(self.inference)
         directory = filesystem.join(workdir, 'pictures', name, f'step_{step}')
-        evaluator.write_pictures(self.inference, directory)
-        logging.info('wrote %s', directory)
+        for key, picture in pictures.items():
+          visualize.save_png(filesystem.join(directory, f'{key}.png'), picture)
+        writer.write_images(step, {f'{name}/{k}': p[None] for k, p in pictures.items()})
+        if pictures:
+          logging.info('wrote %s', directory)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -482,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_checkpoints.save(manager, state, data.get_state())
         last_saved = step
       if evaluation:
-        evaluate(state, step, writer, workdir, pictures=False)
+        evaluate(state, step, writer, workdir)
         log_time, log_step = time.time(), step  # evaluation time is not training time
       if preempted:
         if last_saved != step:
@@ -493,7 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         return metrics
     manager.wait_until_finished()
-    evaluate(state, step, writer, workdir, pictures=True)
+    evaluate(state, step, writer, workdir)
     variables = _host_variables(state)
     if jax.process_index() == 0:
       checkpoint.save(
