@@ -38,6 +38,7 @@ LAYERS = (
     'groupvit_jax.main',
     'groupvit_jax.evaluate',
     'groupvit_jax.demo',
+    'groupvit_jax.app',
     'groupvit_jax.convert',
     'groupvit_jax.finetune',
     'groupvit_jax.linear_probe',

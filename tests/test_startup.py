@@ -10,6 +10,7 @@ COMMANDS = (
   'groupvit_jax.main',
   'groupvit_jax.evaluate',
   'groupvit_jax.demo',
+  'groupvit_jax.app',
   'groupvit_jax.convert',
   'groupvit_jax.evaluators.coco_object',
   'input_pipeline.inspect',
