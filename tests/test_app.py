@@ -1,10 +1,10 @@
 """The browser demo, `python -m groupvit_jax.app`, driven in headless Chromium.
 
 The app runs as a subprocess on a free port with a tiny Hugging Face checkpoint; Playwright
-drives Debian's Chromium (/usr/bin/chromium, which CI installs) through the page: an upload
-must come back as exactly the picture `demo.render` draws in this process, and bad input as a
-message on the page. An unexpected error, tested in this process with a model that raises,
-must reach the page as one line.
+drives Debian's Chromium (/usr/bin/chromium, which CI installs; else Playwright's own) through
+the page: an upload must come back as exactly the picture `demo.render` draws in this process,
+and bad input as a message on the page. An unexpected error, tested in this process with a
+model that raises, must reach the page as one line.
 """
 
 import base64
@@ -79,10 +79,16 @@ def server(checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def page():
-  if not os.path.exists(CHROMIUM):
-    pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
   with sync_playwright() as playwright:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    if os.path.exists(CHROMIUM):
+      browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    elif os.path.exists(playwright.chromium.executable_path):  # `playwright install chromium`
+      browser = playwright.chromium.launch(args=CHROMIUM_ARGS)
+    else:
+      pytest.fail(
+        f"no Chromium: install Debian's (apt-get install chromium, {CHROMIUM}) or Playwright's "
+        '(python -m playwright install chromium)'
+      )
     yield browser.new_page(viewport={'width': 900, 'height': 400})
     browser.close()
 
