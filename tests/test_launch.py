@@ -678,6 +678,7 @@ def test_sigterm_reaches_the_tasks_and_the_job_is_requeued(slurm, tmp_path):
   assert slurm.scontrol_calls() == [['requeue', str(slurm.job_id)]]
 
 
+@pytest.mark.slow  # ~2 minutes: kept out of CI's default run (README, Install and run)
 def test_two_process_training_through_sbatch(slurm, tmp_path, compile_cache):
   """The real trainer, 2 processes of 4 CPU devices each with gloo collectives (~100 s on a
   2-core machine: 6 s a step; less when test_multiprocess.py compiled the step already)."""
