@@ -5,28 +5,24 @@ and a VOC2012-layout tar, which it extracts; then it evaluates, and its figures 
 numbers are checked against the saved predictions re-scored here.
 """
 
-import ast
 import json
-import os
 import pathlib
 import re
 import tarfile
 
-import nbclient
-import nbformat
 import numpy as np
 import torch
 from PIL import Image
 from test_eval_datasets import _write as write_segmentation_split
-from test_notebook import kernel_manager, parameters_cell, stream_text
 
 from groupvit_jax import visualize
 from groupvit_jax.evaluators import datasets, metrics
 
 import hf_reference as ref
+import notebook_runner
+from notebook_runner import assert_not_blank, picture
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO_ROOT / 'notebooks' / 'evaluate.ipynb'
+NOTEBOOK = 'evaluate.ipynb'
 PARAMETERS = (
   'INSTALL',
   'REPO_URL',
@@ -42,13 +38,6 @@ PARAMETERS = (
 )
 IDS = ['2007_000033', '2007_000042', '2008_000001', '2008_000002']
 SIZE = (80, 64)  # width, height of the fixture's images
-
-
-def kernel_environment() -> dict:
-  """This environment without conftest's 8 virtual CPU devices: one device compiles faster."""
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env['XLA_FLAGS'])
-  return env
 
 
 def write_voc_archive(tmp_path: pathlib.Path) -> tuple[pathlib.Path, dict]:
@@ -68,31 +57,8 @@ def write_voc_archive(tmp_path: pathlib.Path) -> tuple[pathlib.Path, dict]:
   return archive, masks
 
 
-def read_notebook() -> nbformat.NotebookNode:
-  return nbformat.read(NOTEBOOK, as_version=4)
-
-
-def picture(path: pathlib.Path) -> np.ndarray:
-  with Image.open(path) as image:
-    assert image.format == 'PNG'
-    return np.asarray(image.convert('RGB'))
-
-
-def assert_not_blank(pixels: np.ndarray, min_colours: int) -> None:
-  colours = np.unique(pixels.reshape(-1, 3), axis=0)
-  assert pixels.std() > 20 and len(colours) >= min_colours, (pixels.std(), len(colours))
-
-
 def test_notebook_is_saved_clean_with_a_parameters_cell():
-  nb = read_notebook()
-  nbformat.validate(nb)
-  assert nb.nbformat == 4 and nb.metadata.kernelspec.name == 'python3'
-  for cell in nb.cells:
-    if cell.cell_type == 'code':
-      assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
-  body = ast.parse(parameters_cell(nb).source).body
-  assert all(isinstance(node, ast.Assign) for node in body)
-  assert [node.targets[0].id for node in body] == list(PARAMETERS)
+  notebook_runner.assert_saved_clean(notebook_runner.read(NOTEBOOK), PARAMETERS)
 
 
 def test_notebook_evaluates_a_tiny_checkpoint_on_a_tiny_voc(tmp_path):
@@ -102,7 +68,6 @@ def test_notebook_evaluates_a_tiny_checkpoint_on_a_tiny_voc(tmp_path):
   archive, masks = write_voc_archive(tmp_path)
   workdir = tmp_path / 'work'
 
-  nb = read_notebook()
   values = {
     'INSTALL': False,
     'REPO_URL': '',
@@ -116,11 +81,7 @@ def test_notebook_evaluates_a_tiny_checkpoint_on_a_tiny_voc(tmp_path):
     'NUM_GALLERY': 1,
     'WORKDIR': str(workdir),
   }
-  parameters_cell(nb).source = '\n'.join(f'{name} = {values[name]!r}' for name in PARAMETERS)
-  client = nbclient.NotebookClient(
-    nb, timeout=600, km=kernel_manager(), resources={'metadata': {'path': str(NOTEBOOK.parent)}}
-  )
-  client.execute(env=kernel_environment())  # raises CellExecutionError if any cell fails
+  nb = notebook_runner.execute(NOTEBOOK, values, notebook_runner.one_device_environment())
 
   # Downloaded, converted and extracted as on Colab.
   assert (workdir / 'ckpt' / 'config.json').is_file()
@@ -141,7 +102,7 @@ def test_notebook_evaluates_a_tiny_checkpoint_on_a_tiny_voc(tmp_path):
     total += conf
   assert np.isclose(metrics.segmentation_metrics(total, names)['miou'], result['miou'])
   evaluate_cell = next(c for c in nb.cells if 'evaluator.evaluate(' in c.source)
-  text = stream_text(evaluate_cell)
+  text = notebook_runner.stream_text(evaluate_cell)
   assert '3/3 images (100%)' in text and '[' + '#' * 30 + ']' in text
   printed = re.search(r'^mIoU (\d+\.\d\d) over 3 images$', text, re.M)
   assert printed and float(printed.group(1)) == round(100 * result['miou'], 2)

@@ -1,19 +1,15 @@
 """Runs notebooks/train_tiny.ipynb top to bottom: 4 steps of its TINY model, evaluated every 2,
 without TensorBoard; checks the trainer's outputs, the printed table and the groups figure."""
 
-import ast
 import json
-import pathlib
 import re
 
-import nbclient
-import nbformat
 import numpy as np
-from test_evaluate_notebook import assert_not_blank, kernel_environment, picture
-from test_notebook import kernel_manager, parameters_cell, stream_text
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO_ROOT / 'notebooks' / 'train_tiny.ipynb'
+import notebook_runner
+from notebook_runner import assert_not_blank, picture
+
+NOTEBOOK = 'train_tiny.ipynb'
 PARAMETERS = (
   'INSTALL',
   'REPO_URL',
@@ -26,25 +22,12 @@ PARAMETERS = (
 )
 
 
-def read_notebook() -> nbformat.NotebookNode:
-  return nbformat.read(NOTEBOOK, as_version=4)
-
-
 def test_notebook_is_saved_clean_with_a_parameters_cell():
-  nb = read_notebook()
-  nbformat.validate(nb)
-  assert nb.nbformat == 4 and nb.metadata.kernelspec.name == 'python3'
-  for cell in nb.cells:
-    if cell.cell_type == 'code':
-      assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
-  body = ast.parse(parameters_cell(nb).source).body
-  assert all(isinstance(node, ast.Assign) for node in body)
-  assert [node.targets[0].id for node in body] == list(PARAMETERS)
+  notebook_runner.assert_saved_clean(notebook_runner.read(NOTEBOOK), PARAMETERS)
 
 
 def test_notebook_trains_the_tiny_model_and_draws_its_groups(tmp_path):
   workdir = tmp_path / 'work'
-  nb = read_notebook()
   values = {
     'INSTALL': False,
     'REPO_URL': '',
@@ -55,11 +38,7 @@ def test_notebook_trains_the_tiny_model_and_draws_its_groups(tmp_path):
     'TENSORBOARD': False,
     'WORKDIR': str(workdir),
   }
-  parameters_cell(nb).source = '\n'.join(f'{name} = {values[name]!r}' for name in PARAMETERS)
-  client = nbclient.NotebookClient(
-    nb, timeout=600, km=kernel_manager(), resources={'metadata': {'path': str(NOTEBOOK.parent)}}
-  )
-  client.execute(env=kernel_environment())  # raises CellExecutionError if any cell fails
+  nb = notebook_runner.execute(NOTEBOOK, values, notebook_runner.one_device_environment())
 
   # The trainer ran to the end: every evaluation step checkpointed and kept, the final model.
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [2, 4]
@@ -70,7 +49,7 @@ def test_notebook_trains_the_tiny_model_and_draws_its_groups(tmp_path):
   assert [row['step'] for row in evaluations] == [2, 4]
 
   train_cell = next(c for c in nb.cells if 'train_and_evaluate(' in c.source)
-  text = stream_text(train_cell)
+  text = notebook_runner.stream_text(train_cell)
   assert re.search(r'step 4/4 \(100%\) \| loss \d', text)
   assert 'orbax' not in text  # the filter keeps orbax's lines out
   table = re.findall(r'^ +(\d+) +(\d+\.\d\d) +(\d+\.\d\d)$', text, re.M)
