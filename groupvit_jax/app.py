@@ -147,11 +147,9 @@ class Segmenter:
     threshold = parse_threshold(threshold_text)
     image = read_upload(data, self.max_pixels)
     with self._lock:
-      label_map = self.model.segment(image, labels, threshold)
-      group_maps = self.model.group_maps(image)
+      _, picture = demo.segment_and_render(self.model, image, labels, threshold)
       self.compiled = True
-    names = (['background'] if threshold is not None else []) + labels
-    return demo.render(image, label_map, names, group_maps)
+    return picture
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -62,6 +62,16 @@ def render(
   return visualize.panel([[np.asarray(overlay), *groups]], titles, legend=legend)
 
 
+def segment_and_render(
+  model, image: np.ndarray, labels: list[str], background_threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """`model`'s label map of uint8 RGB `image` [H, W, 3] (0 = background when a threshold is
+  given) and its picture (`render`, with each stage's groups)."""
+  label_map = model.segment(image, labels, background_threshold)
+  names = (['background'] if background_threshold is not None else []) + list(labels)
+  return label_map, render(image, label_map, names, model.group_maps(image))
+
+
 def run(
   checkpoint: str,
   image_path: str,
@@ -73,9 +83,8 @@ def run(
   label map (0 = background when a threshold is given)."""
   image = load_image(image_path)
   model = groupvit_jax.load(checkpoint)
-  label_map = model.segment(image, labels, background_threshold)
-  names = (['background'] if background_threshold is not None else []) + list(labels)
-  visualize.save_png(output, render(image, label_map, names, model.group_maps(image)))
+  label_map, picture = segment_and_render(model, image, labels, background_threshold)
+  visualize.save_png(output, picture)
   return label_map
 
 
